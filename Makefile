@@ -1,0 +1,45 @@
+# cifarlit — every step of the workflow is one target. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?=
+CONFIG ?= configs/default.yaml
+DATA_ARG := $(if $(DATA_DIR),--data.data_dir $(DATA_DIR),)
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train test test-all bench tensorboard lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed  ## create .venv and install cifarlit with its dev tools
+
+train: venv  ## train the default config (DATA_DIR=<folder> to use local data, CONFIG=<yaml> for another)
+	$(PY) -m cifarlit fit --config $(CONFIG) $(DATA_ARG)
+
+test: venv  ## the fast test suite (no network, a few minutes on 2 cores)
+	$(PY) -m pytest
+
+test-all: venv  ## every test, including the slow ones (real data when ../shared/data is present)
+	$(PY) -m pytest -m ""
+
+bench: venv  ## speed benchmarks; prints ratios measured side by side (see benchmarks/README.md)
+	$(PY) benchmarks/run.py $(DATA_ARG)
+
+tensorboard: venv  ## serve the curves in lightning_logs/ on http://localhost:6006
+	$(VENV)/bin/tensorboard --logdir lightning_logs --port 6006
+
+lint: venv  ## ruff lint + format check
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:  ## remove caches and build leftovers (keeps .venv, data/ and lightning_logs/)
+	rm -rf .pytest_cache .ruff_cache src/*.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from cifarlit.cli import cli_main
+
+cli_main()

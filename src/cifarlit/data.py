@@ -1,0 +1,264 @@
+"""CIFAR10DataModule: stratified train/val split, debug subsets, batched uint8 loading and augmentation.
+
+The whole dataset is held in memory as uint8 ``(N, 3, 32, 32)`` tensors. The loader hands out whole batches by
+index slicing (``__getitems__``), uint8 crosses to the device (4x fewer bytes than float32), and the float
+conversion, augmentation and normalization run there on the whole batch in ``on_after_batch_transfer``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset
+
+from cifarlit import sources
+from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
+from cifarlit.sources import DataError
+
+
+class ArrayDataset(Dataset):
+    """uint8 images ``(N, 3, H, W)`` and labels served a batch at a time.
+
+    PyTorch's fetcher calls ``__getitems__`` with the sampler's whole list of indices, so a batch is one
+    indexing op instead of ``batch_size`` calls to ``__getitem__`` plus a collate.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: AlbumentationsBatch | None = None) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        x = self.x[idx]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.y[idx]
+
+
+def _whole_batch(batch):
+    """collate_fn for batches that ``__getitems__`` already assembled (module level so workers can pickle it)."""
+    return batch
+
+
+def _worker_init(worker_id: int) -> None:
+    # One thread per worker: on 2 cores, torch threads in workers next to the main process's ran 20-35x slower.
+    torch.set_num_threads(1)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, ArrayDataset) and info.dataset.transform is not None:
+        # torch gives each worker of each epoch its own seed, derived from the seeded main process.
+        info.dataset.transform.reseed(torch.initial_seed() % 2**32)
+
+
+def _subset_indices(labels: np.ndarray, size: int | float, seed: int, option: str) -> np.ndarray:
+    """Stratified subset of ``size`` (a count or a fraction) of the positions in ``labels``."""
+    n = len(labels)
+    if isinstance(size, float) and not isinstance(size, bool):
+        if not 0 < size <= 1:
+            raise DataError(f"{option}={size} is not a valid fraction: use a number in (0, 1] or a count >= 1.")
+        count = max(1, round(size * n))
+    else:
+        count = int(size)
+        if not 1 <= count <= n:
+            raise DataError(f"{option}={size} is not a valid count: use 1..{n} (the split's size) or a fraction.")
+    if count == n:
+        return np.arange(n)
+    n_classes = len(np.unique(labels))
+    if count < n_classes:
+        rank_zero_info(
+            f"{option}={size} is fewer samples than the {n_classes} classes, so it cannot be stratified; "
+            f"drawing {count} at random."
+        )
+        return np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
+    keep, _ = train_test_split(np.arange(n), train_size=count, stratify=labels, random_state=seed)
+    return np.sort(keep)
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 (or any image folder) with a stratified train/val split and the official test set held out.
+
+    Args:
+        data_dir: where the data lives: a folder holding ``cifar-10-batches-py`` (or the ``.tar.gz``), or an
+            image folder ``train/<class>/*`` + ``test/<class>/*``. CIFAR-10 is downloaded here if nothing is.
+        download: allow downloading CIFAR-10 when ``data_dir`` holds no dataset.
+        val_size: fraction of the training set held out for validation, stratified by class.
+        seed: seed of the train/val split and subsets only, so the training seed never moves val images.
+        train_subset: debug subset of the training split: a count (1, 16, ...) or a fraction (0.1),
+            drawn stratified from the split (after val is held out). ``null`` = all of it.
+        val_subset: the same for the validation split.
+        batch_size: images per training step.
+        eval_batch_size: images per val/test/predict step (no gradients, so larger is cheaper).
+        num_workers: DataLoader worker processes. 0 is fastest for in-memory data without albumentations.
+        pin_memory: page-locked host memory for faster copies to a GPU.
+        persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
+        augment: training-set augmentation (see :class:`cifarlit.augment.AugmentConfig`).
+        cache: cache decoded image folders in ``data_dir/.cifarlit-cache.npz``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = True,
+        val_size: float = 0.2,
+        seed: int = 42,
+        train_subset: int | float | None = None,
+        val_subset: int | float | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        augment: AugmentConfig | None = None,
+        cache: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir).expanduser()
+        self.augment = augment or AugmentConfig()
+        for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise DataError(f"data.{option}={value} is not valid: use a positive number of images per batch.")
+        if num_workers < 0:
+            raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
+        if not 0 < val_size < 1:
+            raise DataError(f"data.val_size={val_size} is not valid: use a fraction in (0, 1), e.g. 0.2.")
+        self.batch_augment = BatchAugment(self.augment)
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self.split_fingerprint = ""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return sources.class_names(self.data_dir)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, known before any image is decoded (LightningCLI links it into the model)."""
+        return len(self.classes)
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: download/extract/decode-and-cache once, never racing between ranks.
+        sources.ensure_available(self.data_dir, self.hparams.download)
+        sources.load(self.data_dir, cache=self.hparams.cache)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        raw = sources.load(self.data_dir, cache=self.hparams.cache)
+        seed = self.hparams.seed
+        min_per_class = np.bincount(raw.train_y).min() if len(raw.train_y) else 0
+        if min_per_class < 2:
+            raise DataError(
+                f"the training set in {self.data_dir} has a class with {min_per_class} image(s); a stratified "
+                "train/val split needs at least 2 per class."
+            )
+        train_idx, val_idx = train_test_split(
+            np.arange(len(raw.train_y)), test_size=self.hparams.val_size, stratify=raw.train_y, random_state=seed
+        )
+        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        x = torch.from_numpy(raw.train_x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+        y = torch.from_numpy(raw.train_y)
+        # Normalization statistics come from the training split only: val and test stay unseen.
+        self.mean, self.std = channel_stats(x[torch.from_numpy(train_idx)])
+        if self.hparams.train_subset is not None:
+            keep = _subset_indices(raw.train_y[train_idx], self.hparams.train_subset, seed, "data.train_subset")
+            train_idx = train_idx[keep]
+        if self.hparams.val_subset is not None:
+            keep = _subset_indices(raw.train_y[val_idx], self.hparams.val_subset, seed, "data.val_subset")
+            val_idx = val_idx[keep]
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.split_fingerprint = split_fingerprint(train_idx, val_idx, raw.fingerprint)
+        transform = None
+        if self.augment.preset != "none" and self.augment.backend == "albumentations":
+            transform = AlbumentationsBatch(self.augment, seed=seed)
+        self.train_set = ArrayDataset(x[torch.from_numpy(train_idx)], y[torch.from_numpy(train_idx)], transform)
+        self.val_set = ArrayDataset(x[torch.from_numpy(val_idx)], y[torch.from_numpy(val_idx)])
+        test_x = torch.from_numpy(raw.test_x).permute(0, 3, 1, 2).contiguous()
+        self.test_set = ArrayDataset(test_x, torch.from_numpy(raw.test_y))
+        rank_zero_info(
+            f"data: {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images, "
+            f"{len(raw.classes)} classes, split {self.split_fingerprint}"
+        )
+
+    def _loader(self, dataset: ArrayDataset, shuffle: bool, batch_size: int) -> DataLoader:
+        workers = self.hparams.num_workers
+        if workers > 0:
+            # Leave the workers their cores: oversubscribed torch threads are the slowest thing on 2 cores.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=_whole_batch,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        if len(self.test_set) == 0:
+            raise DataError(f"{self.data_dir} has no test split: add {self.data_dir}/test/<class>/* images.")
+        return self._loader(self.test_set, False, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 ``(B, 3, H, W)`` on the device -> augmented (training only), normalized float."""
+        x, y = batch
+        x = x.float().div_(255)
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.augment.backend == "batched":
+            x = self.batch_augment(x)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1), y
+
+    def state_dict(self) -> dict:
+        # Stored in every checkpoint: predicting later must not need the training data to recompute them.
+        return {"mean": self.mean, "std": self.std, "split_fingerprint": self.split_fingerprint}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.mean, self.std = state_dict["mean"], state_dict["std"]
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std on the 0-1 scale of uint8 images ``(N, C, H, W)``, in float64 chunks."""
+    c = x.shape[1]
+    total, total_sq, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for part in x.split(chunk):
+        p = part.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+        total += p.sum(1)
+        total_sq += (p * p).sum(1)
+        count += p.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(0).sqrt().clamp_min(1e-3)  # 1e-3: a constant channel stays finite
+    return mean.float(), std.float()
+
+
+def split_fingerprint(train_idx: np.ndarray, val_idx: np.ndarray, data_fingerprint: str) -> str:
+    """A short id of which images are train and val, and of the files they came from."""
+    import hashlib
+
+    h = hashlib.sha1(data_fingerprint.encode())
+    h.update(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes())
+    h.update(b"|")
+    h.update(np.ascontiguousarray(val_idx, dtype=np.int64).tobytes())
+    return h.hexdigest()[:12]

@@ -1,0 +1,148 @@
+"""The networks (plain ``nn.Module``) and ``LitMLP``, the LightningModule that trains them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from cifarlit.errors import CifarlitError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
+
+
+class MLP(nn.Module):
+    """Flatten, then ``Linear -> [BatchNorm1d] -> activation -> [Dropout]`` per hidden layer, then a linear head.
+
+    >>> MLP(3 * 32 * 32, [100, 100], 10)(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: list[int],
+        num_classes: int,
+        batch_norm: bool = False,
+        dropout: float | list[float] = 0.0,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        drops = dropout if isinstance(dropout, list) else [dropout] * len(hidden_sizes)
+        layers: list[nn.Module] = [nn.Flatten()]  # (B, 3, 32, 32) -> (B, 3072)
+        width = in_features
+        for size, p in zip(hidden_sizes, drops, strict=True):
+            layers.append(nn.Linear(width, size, bias=not batch_norm))  # BN's shift makes the bias redundant
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(ACTIVATIONS[activation]())
+            if p > 0:
+                layers.append(nn.Dropout(p))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class LitMLP(L.LightningModule):
+    """Trains an :class:`MLP` classifier; optimizer and LR scheduler come from the config.
+
+    Args:
+        hidden_sizes: width of each hidden layer; ``[]`` gives a linear model. The lecture's net is [100, 100].
+        num_classes: number of output classes (linked from ``data.num_classes`` by the CLI).
+        image_shape: ``(C, H, W)`` of the input images.
+        batch_norm: BatchNorm1d after each hidden linear layer.
+        dropout: dropout after each hidden layer: one probability for all, or one per layer.
+        activation: one of relu, gelu, silu, tanh, leaky_relu.
+        optimizer: optimizer class and arguments, e.g. ``torch.optim.SGD`` with ``lr``, ``momentum``,
+            ``weight_decay`` (the L2 penalty).
+        lr_scheduler: optional LR scheduler class and arguments, e.g. ``torch.optim.lr_scheduler.StepLR``.
+        scheduler_interval: step the scheduler every ``epoch`` or every ``step`` (OneCycleLR, warm-up).
+        scheduler_monitor: metric that ReduceLROnPlateau watches.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: list[int] = [100, 100],  # noqa: B006 -- jsonargparse reads the default from the signature
+        num_classes: int = 10,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        batch_norm: bool = False,
+        dropout: float | list[float] = 0.0,
+        activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        _check_architecture(hidden_sizes, dropout, num_classes)
+        self.save_hyperparameters()
+        c, h, w = image_shape
+        self.net = MLP(c * h * w, list(hidden_sizes), num_classes, batch_norm, dropout, activation)
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, stage: str, acc: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc.update(logits, y)
+        # Epoch-level only: per-step logging forces a host sync and costs 1-4 ms a step on this MLP.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).softmax(-1)
+
+    def configure_optimizers(self):
+        try:
+            optimizer = self.optimizer(self.parameters())
+        except ValueError as err:  # torch's own check, e.g. "Invalid learning rate: -0.1"
+            raise CifarlitError(f"model.optimizer: {err}; use values the optimizer accepts (lr >= 0).") from None
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer)
+        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.hparams.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _check_architecture(hidden_sizes, dropout, num_classes) -> None:
+    bad = [s for s in hidden_sizes if s < 1]
+    if bad:
+        raise CifarlitError(f"model.hidden_sizes={list(hidden_sizes)} has width {bad[0]}: every layer needs >= 1 unit.")
+    drops = dropout if isinstance(dropout, list) else [dropout]
+    if isinstance(dropout, list) and len(dropout) != len(hidden_sizes):
+        raise CifarlitError(
+            f"model.dropout={dropout} has {len(dropout)} values for {len(hidden_sizes)} hidden layers: "
+            "give one per layer or a single number."
+        )
+    for p in drops:
+        if not 0 <= p < 1:
+            raise CifarlitError(f"model.dropout={dropout} is not valid: each probability must be in [0, 1).")
+    if num_classes < 2:
+        raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
+

@@ -1,0 +1,278 @@
+"""Where the pixels come from: CIFAR-10's pickle batches or an image folder, decoded once to uint8 arrays.
+
+Both sources give the same thing, a :class:`RawData` of ``(N, 32, 32, 3)`` uint8 images with int64 labels for
+the official train and test sets. Image folders are slow to decode (about 13 s for CIFAR-10's 60,000 JPEGs on
+2 cores), so the decoded arrays are cached in one ``.npz`` file next to the folder, keyed by a fingerprint of
+the file names, sizes and modification times: a changed folder or a damaged cache is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import socket
+import tarfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cifarlit.errors import CifarlitError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+PICKLE_DIR = "cifar-10-batches-py"
+ARCHIVE = "cifar-10-python.tar.gz"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CACHE_NAME = ".cifarlit-cache.npz"
+CACHE_VERSION = 1
+IMAGE_SIZE = 32
+
+HOW_TO_GET_DATA = (
+    f"put CIFAR-10's '{PICKLE_DIR}' folder (or '{ARCHIVE}') there, or an image folder laid out as "
+    "ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*; the repository's README explains both"
+)
+
+
+class DataError(CifarlitError):
+    """A problem with the user's data: the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class RawData:
+    """The official train and test sets as uint8 ``(N, H, W, 3)`` images and int64 labels."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...]
+    fingerprint: str  # identifies the files the arrays came from
+
+
+def detect_format(root: Path) -> str | None:
+    """Return ``"pickle"``, ``"archive"``, ``"folder"`` or ``None`` for what ``root`` holds."""
+    if (root / PICKLE_DIR).is_dir():
+        return "pickle"
+    if (root / ARCHIVE).is_file():
+        return "archive"
+    if (root / "train").is_dir():
+        return "folder"
+    return None
+
+
+def folder_classes(root: Path) -> tuple[str, ...]:
+    """Class names of an image folder: the sorted sub-folders of ``root/train``."""
+    return tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith(".")))
+
+
+def class_names(root: Path) -> tuple[str, ...]:
+    """Class names without decoding anything (CIFAR-10's own for the pickle format)."""
+    return folder_classes(root) if detect_format(root) == "folder" else CIFAR10_CLASSES
+
+
+def ensure_available(root: Path, download: bool) -> None:
+    """Make sure ``root`` holds a dataset, extracting or downloading CIFAR-10 only when nothing is there."""
+    fmt = detect_format(root)
+    if fmt in ("pickle", "folder"):
+        return
+    if fmt == "archive":
+        _extract(root / ARCHIVE, root)
+        return
+    if root.exists() and not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"data.data_dir={str(root)!r} is not readable; fix its permissions or point elsewhere.")
+    if not download:
+        raise DataError(f"data.data_dir={str(root)!r} holds no dataset and data.download is false: {HOW_TO_GET_DATA}.")
+    _download(root)
+
+
+def _download(root: Path) -> None:
+    from torchvision.datasets.utils import download_url
+
+    host = "www.cs.toronto.edu"
+    try:  # fail in seconds rather than hang on a machine without internet
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        raise DataError(
+            f"data.data_dir={str(root)!r} holds no dataset and {host} cannot be reached to download CIFAR-10 "
+            f"({err.__class__.__name__}): {HOW_TO_GET_DATA}."
+        ) from None
+    root.mkdir(parents=True, exist_ok=True)
+    download_url(CIFAR10_URL, str(root), ARCHIVE, CIFAR10_MD5)
+    _extract(root / ARCHIVE, root)
+
+
+def _extract(archive: Path, root: Path) -> None:
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again.") from None
+
+
+def load(root: Path, cache: bool = True) -> RawData:
+    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 arrays."""
+    fmt = detect_format(root)
+    if fmt == "pickle":
+        return load_pickle_batches(root / PICKLE_DIR)
+    if fmt == "folder":
+        return load_image_folder(root, cache=cache)
+    raise DataError(f"data.data_dir={str(root)!r} holds no dataset: {HOW_TO_GET_DATA}.")
+
+
+# --- CIFAR-10's python pickle batches -------------------------------------------------------------------------
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, 3, 32, 32)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        if labels.shape != (len(data),):
+            raise ValueError("labels and images differ in number")
+    except Exception as err:  # pickle raises many types for a damaged file
+        raise DataError(
+            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); "
+            f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again."
+        ) from None
+    return data.transpose(0, 2, 3, 1), labels  # (N, 3, H, W) -> (N, H, W, 3)
+
+
+def load_pickle_batches(folder: Path) -> RawData:
+    """Read ``data_batch_*`` and ``test_batch`` from a ``cifar-10-batches-py`` folder."""
+    train_files = sorted(folder.glob("data_batch_*"))
+    if not train_files or not (folder / "test_batch").is_file():
+        raise DataError(f"{folder} must contain data_batch_1..5 and test_batch; extract or download CIFAR-10 again.")
+    parts = [_read_batch(p) for p in train_files]
+    test_x, test_y = _read_batch(folder / "test_batch")
+    classes = CIFAR10_CLASSES
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        with open(meta, "rb") as f:
+            classes = tuple(pickle.load(f, encoding="latin1")["label_names"])
+    files = [*train_files, folder / "test_batch"]
+    return RawData(
+        train_x=np.concatenate([p[0] for p in parts]),
+        train_y=np.concatenate([p[1] for p in parts]),
+        test_x=test_x,
+        test_y=test_y,
+        classes=classes,
+        fingerprint=_fingerprint([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]),
+    )
+
+
+# --- image folders ----------------------------------------------------------------------------------------------
+
+
+def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    items = []
+    for label, name in enumerate(classes):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            raise DataError(
+                f"{split_dir} has no folder {name!r}, but {split_dir.parent / 'train'} does: train and test must "
+                f"have the same class folders."
+            )
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove it.")
+        items += [(p, label) for p in files]
+    return items
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception as err:  # PIL raises several types for damaged files
+        raise DataError(f"cannot read image {path} ({err.__class__.__name__}: {err}); fix or delete the file.") from None
+
+
+def _fingerprint(entries: list[tuple]) -> str:
+    digest = hashlib.sha1(repr((CACHE_VERSION, entries)).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_image_folder(root: Path, cache: bool = True) -> RawData:
+    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to RGB 32x32, cached next to the folder."""
+    classes = folder_classes(root)
+    if not classes:
+        raise DataError(f"{root / 'train'} has no class folders; lay images out as {root}/train/<class>/*.png.")
+    splits = {"train": _list_split(root / "train", classes)}
+    if (root / "test").is_dir():
+        test_classes = tuple(sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")))
+        if test_classes != classes:
+            raise DataError(
+                f"class folders differ between {root / 'train'} {list(classes)} and {root / 'test'} "
+                f"{list(test_classes)}: give both the same classes."
+            )
+        splits["test"] = _list_split(root / "test", classes)
+    entries = []
+    for split, items in splits.items():
+        for path, label in items:
+            st = path.stat()
+            entries.append((split, path.parent.name, path.name, st.st_size, st.st_mtime_ns))
+    fingerprint = _fingerprint([classes, *entries])
+
+    cache_file = root / CACHE_NAME
+    if cache:
+        cached = _read_cache(cache_file, fingerprint)
+        if cached is not None:
+            return cached
+
+    arrays = {}
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        for split, items in splits.items():
+            images = list(pool.map(_decode, [p for p, _ in items], chunksize=256))
+            x = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+            arrays[split] = (x, np.array([lbl for _, lbl in items], dtype=np.int64))
+    empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
+    test_x, test_y = arrays.get("test", empty)
+    data = RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint)
+    if cache:
+        _write_cache(cache_file, data)
+    return data
+
+
+def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                warnings.warn(f"{cache_file} is stale (the image folder changed); decoding the images again.", stacklevel=3)
+                return None
+            return RawData(
+                z["train_x"], z["train_y"], z["test_x"], z["test_y"], tuple(str(c) for c in z["classes"]), fingerprint
+            )
+    except Exception as err:  # a truncated or foreign file: rebuild rather than trust it
+        warnings.warn(f"{cache_file} is unreadable ({err.__class__.__name__}); decoding the images again.", stacklevel=3)
+        return None
+
+
+def _write_cache(cache_file: Path, data: RawData) -> None:
+    # Write to a temporary name and rename, so a crash mid-write never leaves a half cache under the real name.
+    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                train_x=data.train_x, train_y=data.train_y, test_x=data.test_x, test_y=data.test_y,
+                classes=np.array(data.classes), fingerprint=np.array(data.fingerprint),
+            )  # fmt: skip
+        os.replace(tmp, cache_file)
+    except OSError as err:  # a read-only data folder still trains, just without the cache
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write the decode cache {cache_file} ({err}); images will be decoded each run.", stacklevel=3)

@@ -1,0 +1,96 @@
+"""Fixture datasets in the real on-disk formats, so the real loading code runs in every test.
+
+Each class has its own mean colour plus noise, so a network can learn the fixtures and tests can tell a
+working pipeline from a broken one.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarlit.sources import CIFAR10_CLASSES
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images.tar.gz"
+
+
+def make_images(labels: np.ndarray, seed: int, size: int = 32) -> np.ndarray:
+    """uint8 ``(N, size, size, 3)`` images whose colour depends on the label."""
+    rng = np.random.default_rng(seed)
+    n_classes = int(labels.max()) + 1
+    palette = np.random.default_rng(0).integers(30, 226, size=(n_classes, 3))
+    noise = rng.normal(0, 25, size=(len(labels), size, size, 3))
+    return np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def balanced_labels(per_class: int, n_classes: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(n_classes), per_class))
+
+
+def write_pickle_cifar(root: Path, per_class_train: int = 20, per_class_test: int = 5) -> Path:
+    """``root/cifar-10-batches-py`` with data_batch_1..5, test_batch and batches.meta, as CIFAR-10 ships it."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    y = balanced_labels(per_class_train)
+    x = make_images(y, seed=1)
+    for i, part in enumerate(np.array_split(np.arange(len(y)), 5), start=1):
+        entry = {"data": x[part].transpose(0, 3, 1, 2).reshape(len(part), -1), "labels": y[part].tolist()}
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(entry, f)
+    ty = balanced_labels(per_class_test, seed=1)
+    tx = make_images(ty, seed=2)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": tx.transpose(0, 3, 1, 2).reshape(len(ty), -1), "labels": ty.tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CIFAR10_CLASSES)}, f)
+    return root
+
+
+def write_image_folder(
+    root: Path, classes=CIFAR10_CLASSES, per_class_train: int = 12, per_class_test: int = 4, size: int = 32
+) -> Path:
+    """``root/{train,test}/<class>/NNNN.png``, the layout of the shared CIFAR-10 image archive."""
+    for split, per_class, seed in (("train", per_class_train, 3), ("test", per_class_test, 4)):
+        y = np.repeat(np.arange(len(classes)), per_class)
+        x = make_images(y, seed=seed, size=size)
+        for i, (image, label) in enumerate(zip(x, y)):
+            d = root / split / classes[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pickle_root(tmp_path_factory) -> Path:
+    return write_pickle_cifar(tmp_path_factory.mktemp("pickle"))
+
+
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("folder"))
+
+
+@pytest.fixture
+def fresh_folder(tmp_path, folder_root) -> Path:
+    """A private copy of the image folder, for tests that change files or the cache."""
+    dst = tmp_path / "images"
+    shutil.copytree(folder_root, dst, ignore=shutil.ignore_patterns(".cifarlit-cache*"))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def real_cifar(tmp_path_factory) -> Path:
+    """The real CIFAR-10 image folder, extracted from ../shared/data; slow tests only, skipped when absent."""
+    if not SHARED_ARCHIVE.is_file():
+        pytest.skip(f"real CIFAR-10 not found at {SHARED_ARCHIVE}")
+    import tarfile
+
+    root = tmp_path_factory.mktemp("real")
+    with tarfile.open(SHARED_ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar10"
