@@ -1,0 +1,93 @@
+"""Augmentation: both backends change training images the same kinds of ways; val/test are never touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
+from cifarlit.data import CIFAR10DataModule
+
+
+def asymmetric_batch(n: int) -> torch.Tensor:
+    """uint8 images whose left half is bright and right half dark, so a flip is unmistakable."""
+    x = torch.full((n, 3, 32, 32), 40, dtype=torch.uint8)
+    x[..., :16] = 220
+    x += torch.randint(0, 10, x.shape, dtype=torch.uint8)
+    return x
+
+
+def run_backend(backend: str, cfg: AugmentConfig, x: torch.Tensor) -> torch.Tensor:
+    """Augmented float images in [0, 1] from either backend."""
+    if backend == "batched":
+        return BatchAugment(cfg)(x.float() / 255, generator=torch.Generator().manual_seed(0))
+    return AlbumentationsBatch(cfg, seed=0)(x).float() / 255
+
+
+def flipped(out: torch.Tensor) -> torch.Tensor:
+    return out[..., :16].mean((1, 2, 3)) < out[..., 16:].mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("backend", ["batched", "albumentations"])
+def test_flip_only_flips_about_half_and_keeps_pixels(backend):
+    x = asymmetric_batch(2000)
+    out = run_backend(backend, AugmentConfig(preset="crop_flip", backend=backend, pad=0), x)
+    assert out.shape == x.shape
+    frac = flipped(out).float().mean().item()
+    assert 0.45 < frac < 0.55
+    mirrored = torch.where(flipped(out).view(-1, 1, 1, 1), x.flip(-1), x).float() / 255
+    torch.testing.assert_close(out, mirrored, atol=1e-6, rtol=0)  # a pure flip changes no pixel value
+
+
+@pytest.mark.parametrize("backend", ["batched", "albumentations"])
+def test_crop_flip_shifts_within_padding(backend):
+    x = torch.randint(1, 256, (500, 3, 32, 32), dtype=torch.uint8)  # no zero pixels in the input
+    out = run_backend(backend, AugmentConfig(preset="crop_flip", backend=backend, pad=4), x)
+    border = (out == 0).all(1)  # zero padding shows up as black pixels
+    zero_rows = border.all(2).sum(1)  # rows fully black
+    assert 0 < (zero_rows > 0).float().mean() < 1  # some images moved vertically, some not
+    assert zero_rows.max() <= 4
+
+
+@pytest.mark.parametrize("backend", ["batched", "albumentations"])
+def test_course_preset_changes_images_in_range(backend):
+    x = asymmetric_batch(1000)
+    x[:, 0] = (x[:, 0].float() * 0.5).to(torch.uint8)  # colourful, so ToGray is visible
+    out = run_backend(backend, AugmentConfig(preset="course", backend=backend), x)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert 0.4 < flipped(out).float().mean().item() < 0.6
+    gray = (out[:, 0] - out[:, 1]).abs().amax((1, 2)) < 2 / 255
+    assert 0.12 < gray.float().mean().item() < 0.28  # ToGray at 0.5 * 0.2 / (0.2 + 0.3) = 20%
+    assert not torch.allclose(out, x.float() / 255)
+
+
+def test_batched_parameters_differ_per_image():
+    x = torch.rand(1, 3, 32, 32).expand(64, -1, -1, -1).contiguous()
+    out = BatchAugment(AugmentConfig(preset="course"))(x)
+    assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 10
+
+
+@pytest.mark.parametrize("backend", ["batched", "albumentations"])
+def test_only_the_training_batches_are_augmented(pickle_root, backend):
+    dm = CIFAR10DataModule(str(pickle_root), download=False, augment=AugmentConfig("crop_flip", backend))
+    plain = CIFAR10DataModule(str(pickle_root), download=False)
+    for m in (dm, plain):
+        m.setup("fit")
+    for split in ("val_dataloader", "test_dataloader"):
+        (xa, ya), (xb, yb) = next(iter(getattr(dm, split)())), next(iter(getattr(plain, split)()))
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert torch.equal(dm.on_after_batch_transfer((xa, ya), 0)[0], plain.on_after_batch_transfer((xb, yb), 0)[0])
+
+    class FakeTrainer:
+        training = True
+
+    dm.trainer = FakeTrainer()
+    x, y = next(iter(dm.train_dataloader()))
+    out, _ = dm.on_after_batch_transfer((x, y), 0)
+    clean = (x.float() / 255 - dm.mean.view(1, 3, 1, 1)) / dm.std.view(1, 3, 1, 1)
+    if backend == "albumentations":  # the loader (in its workers) already augmented the uint8 batch
+        assert not torch.equal(dm.train_set.__getitems__(list(range(32)))[0], dm.train_set.x[:32])
+    else:
+        assert not torch.equal(out, clean)
+    assert out.shape == (len(x), 3, 32, 32) and out.dtype == torch.float32

@@ -1,0 +1,133 @@
+"""The command line: every config runs, fit -> test writes curves and checkpoints, mistakes read as sentences."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifarlit.cli import cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+
+
+def config_args(config: Path) -> list[str]:
+    """A config on its own if it is the base, else layered over the base as its header comment says."""
+    base = REPO / "configs" / "default.yaml"
+    path = REPO / config
+    return ["-c", str(path)] if path == base else ["-c", str(base), "-c", str(path)]
+
+
+def run_cli(*args: str):
+    sys.argv = ["cifarlit"]  # LightningCLI warns when pytest's own arguments are there next to `args`
+    return cli_main(list(args))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        "fit", *config_args(config), "--data.data_dir", str(pickle_root), "--data.download", "false",
+        "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+    )  # fmt: skip
+    assert cli.trainer.state.finished
+    assert "train/loss" in cli.trainer.callback_metrics
+
+
+def test_fit_then_test_writes_curves_checkpoints_and_config(pickle_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        "fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root),
+        "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu", "--trainer.logger.init_args.name", "e2e",
+    )  # fmt: skip
+    run_dir = Path(cli.trainer.log_dir).resolve()
+    assert run_dir == tmp_path.resolve() / "lightning_logs" / "e2e" / "version_0"
+    assert (run_dir / "config.yaml").is_file()
+    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(name.startswith("epoch") for name in ckpts)
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= tags
+    assert len(events.Scalars("val/acc")) == 3  # one point per epoch
+    assert cli.trainer.callback_metrics["test/acc"] > 0.5  # the fixture classes are learnable
+
+
+def test_monitor_keys_in_configs_are_logged_metrics():
+    logged = {f"{stage}/{metric}" for stage in ("train", "val") for metric in ("loss", "acc")}
+    for config in CONFIGS:
+        text = (REPO / config).read_text()
+        for key in re.findall(r"monitor:\s*([\w/]+)", text):
+            assert key in logged, f"{config}: monitor {key!r} is not a logged metric"
+
+
+def test_print_config_and_linked_num_classes(folder_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(folder_root), "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["hidden_sizes"] == [100, 100]
+    assert "num_classes" not in printed["model"]  # linked from the data, not repeated in YAML
+
+
+def subprocess_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "cifarlit", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_console_script_and_module_are_the_same(tmp_path):
+    script = Path(sys.executable).with_name("cifarlit")
+    a = subprocess.run([script, "fit", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    b = subprocess_cli("fit", "--help", cwd=tmp_path)
+    assert a.returncode == b.returncode == 0
+    options = lambda text: set(re.findall(r"--[\w.]+", text))  # noqa: E731 -- usage lines wrap differently
+    assert options(a.stdout) == options(b.stdout)
+    assert "--data.train_subset" in b.stdout and "--model.optimizer" in b.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.hiden_sizes", "[10]"], "hiden_sizes"),
+        (["--data.batch_size", "many"], "batch_size"),
+        (["--model.optimizer", "torch.optim.NoSuchOpt"], "NoSuchOpt"),
+        (["--data.data_dir", "{missing}", "--data.download", "false"], "holds no dataset"),
+        (["--data.batch_size", "0"], "data.batch_size=0"),
+        (["--data.val_size", "1.5"], "data.val_size=1.5"),
+        (["--model.hidden_sizes", "[100, 0]"], "hidden_sizes=[100, 0]"),
+    ],
+)
+def test_user_mistakes_are_one_clear_message(args, expected, pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{missing}", str(tmp_path / "nowhere")) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "--data.data_dir", str(pickle_root), "--trainer.fast_dev_run", "true", *args)
+    assert exit_info.value.code != 0
+    assert expected in capsys.readouterr().err
+
+
+def test_a_mistake_in_a_real_process_prints_no_traceback(tmp_path):
+    result = subprocess_cli("fit", "--data.data_dir", str(tmp_path / "nowhere"), "--data.download", "false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data.data_dir=")
+    assert "Traceback" not in result.stderr
+
+
+def test_no_network_fails_fast_with_what_to_put_where(tmp_path, monkeypatch):
+    import socket
+
+    from cifarlit import sources
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(sources.DataError, match="cannot be reached.*cifar-10-batches-py.*ROOT/train/<class>"):
+        sources.ensure_available(tmp_path / "empty", download=True)
+    assert not (tmp_path / "empty").exists()  # nothing half-made left behind

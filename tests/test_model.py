@@ -1,0 +1,67 @@
+"""The MLP network and LitMLP's optimizer/scheduler wiring and argument checks."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from cifarlit.errors import CifarlitError
+from cifarlit.model import MLP, LitMLP
+
+
+@pytest.mark.parametrize("hidden", [[], [50], [100, 100], [64, 32, 16]])
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_output_shape_and_layers(hidden, batch_norm, dropout):
+    net = MLP(3 * 32 * 32, hidden, 10, batch_norm=batch_norm, dropout=dropout)
+    assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    count = lambda kind: sum(isinstance(m, kind) for m in net.modules())  # noqa: E731
+    assert count(nn.Linear) == len(hidden) + 1
+    assert count(nn.BatchNorm1d) == (len(hidden) if batch_norm else 0)
+    assert count(nn.Dropout) == (len(hidden) if dropout else 0)
+
+
+def test_dropout_per_layer():
+    net = MLP(12, [8, 8], 3, dropout=[0.1, 0.5])
+    assert [m.p for m in net.modules() if isinstance(m, nn.Dropout)] == [0.1, 0.5]
+
+
+def test_lecture_default_is_3072_100_100_10():
+    shapes = [tuple(m.weight.shape) for m in LitMLP().modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(100, 3072), (100, 100), (10, 100)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hidden_sizes": [100, 0]}, r"hidden_sizes=\[100, 0\].*>= 1"),
+        ({"dropout": 1.0}, r"dropout=1.0.*\[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout=-0.1"),
+        ({"dropout": [0.1]}, r"1 values for 2 hidden layers"),
+        ({"num_classes": 1}, r"num_classes=1"),
+    ],
+)
+def test_bad_architecture_is_a_clear_error(kwargs, match):
+    with pytest.raises(CifarlitError, match=match):
+        LitMLP(**kwargs)
+
+
+def test_negative_lr_is_a_clear_error():
+    model = LitMLP(optimizer=partial(torch.optim.SGD, lr=-0.1))
+    with pytest.raises(CifarlitError, match="model.optimizer.*learning rate"):
+        model.configure_optimizers()
+
+
+def test_scheduler_config():
+    model = LitMLP(
+        optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+        lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=10, gamma=0.5),
+    )
+    cfg = model.configure_optimizers()
+    assert isinstance(cfg["optimizer"], torch.optim.SGD)
+    assert cfg["lr_scheduler"]["scheduler"].step_size == 10 and cfg["lr_scheduler"]["interval"] == "epoch"
+    plateau = LitMLP(lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau).configure_optimizers()
+    assert plateau["lr_scheduler"]["monitor"] == "val/loss"
