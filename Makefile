@@ -31,7 +31,7 @@ test-all: venv  ## every test, including the slow ones (real data when ../shared
 	$(PY) -m pytest -m ""
 
 bench: venv  ## speed benchmarks; prints ratios measured side by side (see benchmarks/README.md)
-	$(PY) benchmarks/run.py $(DATA_ARG)
+	$(PY) benchmarks/run.py $(DATA_ARG) 2>&1 | grep -v "━"
 
 tensorboard: venv  ## serve the curves in lightning_logs/ on http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir lightning_logs --port 6006

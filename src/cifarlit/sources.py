@@ -171,7 +171,8 @@ def load_pickle_batches(folder: Path) -> RawData:
 # --- image folders ----------------------------------------------------------------------------------------------
 
 
-def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[str, int, int, int]]:
+    """``(path, label, size, mtime_ns)`` of every image, with plain strings: pathlib sorting 60,000 files is slow."""
     items = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
@@ -180,14 +181,18 @@ def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, i
                 f"{split_dir} has no folder {name!r}, but {split_dir.parent / 'train'} does: train and test must "
                 f"have the same class folders."
             )
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
+        entries = sorted(
+            (e for e in os.scandir(class_dir) if e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name
+        )
+        if not entries:
             raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove it.")
-        items += [(p, label) for p in files]
+        for e in entries:
+            st = e.stat()
+            items.append((e.path, label, st.st_size, st.st_mtime_ns))
     return items
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: str) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -219,12 +224,9 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
                 f"{list(test_classes)}: give both the same classes."
             )
         splits["test"] = _list_split(root / "test", classes)
-    entries = []
-    for split, items in splits.items():
-        for path, label in items:
-            st = path.stat()
-            entries.append((split, path.parent.name, path.name, st.st_size, st.st_mtime_ns))
-    fingerprint = _fingerprint([classes, *entries])
+    rel = len(str(root)) + 1  # the fingerprint must not change when the folder is moved
+    listing = [(path[rel:], size, mtime) for items in splits.values() for path, _, size, mtime in items]
+    fingerprint = _fingerprint([classes, *listing])
 
     cache_file = root / CACHE_NAME
     if cache:
@@ -235,9 +237,9 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
     arrays = {}
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
         for split, items in splits.items():
-            images = list(pool.map(_decode, [p for p, _ in items], chunksize=256))
+            images = list(pool.map(_decode, [item[0] for item in items], chunksize=256))
             x = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-            arrays[split] = (x, np.array([lbl for _, lbl in items], dtype=np.int64))
+            arrays[split] = (x, np.array([item[1] for item in items], dtype=np.int64))
     empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
     test_x, test_y = arrays.get("test", empty)
     data = RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint)

@@ -1,0 +1,43 @@
+"""`make bench`: every benchmark, one table. Figures are ratios measured side by side in this one run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is a folder of scripts, not installed
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from benchmarks import augment_cost, common, data_throughput, loop_overhead, startup  # noqa: E402
+
+SUITES = {
+    "loop_overhead": loop_overhead.run,
+    "augment_cost": augment_cost.run,
+    "data_throughput": data_throughput.run,
+    "startup": startup.run,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data.data_dir", dest="data_dir", default=None, help="dataset folder (default: shared CIFAR-10)")
+    parser.add_argument("--only", nargs="*", choices=list(SUITES), help="run only these benchmarks")
+    args = parser.parse_args()
+    data, source = common.data_dir(args.data_dir)
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0, verbose=False)
+    rows = []
+    for name in args.only or SUITES:
+        rows += SUITES[name](str(data))
+    print(f"\nmachine: {common.machine()}\ndata: {source} ({data})\n")
+    keys = ["benchmark"] + sorted({k for r in rows for k in r} - {"benchmark", "detail"}) + ["detail"]
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()

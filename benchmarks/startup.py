@@ -1,0 +1,42 @@
+"""Seconds from launching `python -m cifarlit fit` to its first training step, with the data already cached."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from lightning.pytorch import Callback
+
+from benchmarks.common import DEFAULT_CONFIG, REPO
+
+
+class FirstStep(Callback):
+    """Prints the wall-clock time of the first training step, then lets the one-step run finish."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            print(f"FIRST_STEP_AT {time.time()}", flush=True)
+
+
+def run(data: str, repeats: int = 2) -> list[dict]:
+    times = []
+    for _ in range(repeats):
+        logs = tempfile.mkdtemp(prefix="cifarlit-startup-")
+        start = time.time()
+        out = subprocess.run(
+            [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
+             "--trainer.max_steps", "1", "--trainer.accelerator", "cpu", "--test_after_fit", "false",
+             "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.startup.FirstStep"],
+            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        stamp = [line for line in out.stdout.splitlines() if line.startswith("FIRST_STEP_AT")]
+        if not stamp:
+            raise RuntimeError(f"startup run failed:\n{out.stderr[-2000:]}")
+        times.append(float(stamp[0].split()[1]) - start)
+    return [{
+        "benchmark": "startup (fit -> first step, cached data)", "seconds": round(min(times), 2),
+        "target": "<= 8", "detail": f"runs: {', '.join(f'{t:.1f}s' for t in times)}",
+    }]  # fmt: skip
