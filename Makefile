@@ -8,7 +8,7 @@ DATA_ARG := $(if $(DATA_DIR),--data.data_dir $(DATA_DIR),)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all bench tensorboard lint clean
+.PHONY: help venv train test test-all bench tensorboard lint clean experiments
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,3 +43,12 @@ lint: venv  ## ruff lint + format check
 clean:  ## remove caches and build leftovers (keeps .venv, data/ and lightning_logs/)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -exec rm -rf {} +
+
+LESSONS := baseline weight_decay early_stopping dropout more_data augmentation sgd_momentum rmsprop adam steplr batchnorm final
+experiments: venv  ## run every lesson in configs/experiments/ on DATA_DIR (~40 min on 2 cores), then compare them
+	@for lesson in $(LESSONS); do \
+	  cmd=$$(sed -n 's/^#   cifarlit fit //p' configs/experiments/$$lesson.yaml); \
+	  echo "== $$lesson: cifarlit fit $$cmd $(DATA_ARG)"; \
+	  $(PY) -m cifarlit fit $$cmd $(DATA_ARG) 2>&1 | grep -v "━" | tail -4 || exit 1; \
+	done
+	$(PY) -m cifarlit compare $(foreach l,$(LESSONS),'lightning_logs/$(l)/version_*') --output docs/experiments.png --table docs/experiments.md

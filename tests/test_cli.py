@@ -19,10 +19,15 @@ CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
 
 
 def config_args(config: Path) -> list[str]:
-    """A config on its own if it is the base, else layered over the base as its header comment says."""
-    base = REPO / "configs" / "default.yaml"
-    path = REPO / config
-    return ["-c", str(path)] if path == base else ["-c", str(base), "-c", str(path)]
+    """The `-c` files of the command in the config's header comment (which must exist and end with the config)."""
+    text = (REPO / config).read_text()
+    if config == Path("configs/default.yaml"):
+        return ["-c", str(REPO / config)]
+    match = re.search(r"^#\s+cifarlit fit ((?:-c \S+\s*)+)$", text, re.MULTILINE)
+    assert match, f"{config} must start with the comment that runs it: '#   cifarlit fit -c ... -c {config}'"
+    files = match.group(1).split()[1::2]
+    assert files[-1] == str(config), f"{config}: its header command runs {files[-1]} instead"
+    return [arg for f in files for arg in ("-c", str(REPO / f))]
 
 
 def run_cli(*args: str):

@@ -7,6 +7,7 @@ conversion, augmentation and normalization run there on the whole batch in ``on_
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         data_dir: where the data lives: a folder holding ``cifar-10-batches-py`` (or the ``.tar.gz``), or an
             image folder ``train/<class>/*`` + ``test/<class>/*``. CIFAR-10 is downloaded here if nothing is.
         download: allow downloading CIFAR-10 when ``data_dir`` holds no dataset.
-        val_size: fraction of the training set held out for validation, stratified by class.
+        val_size: fraction (0.2) or number (10000) of training images held out for validation, stratified.
         seed: seed of the train/val split and subsets only, so the training seed never moves val images.
         train_subset: debug subset of the training split: a count (1, 16, ...) or a fraction (0.1),
             drawn stratified from the split (after val is held out). ``null`` = all of it.
@@ -110,7 +111,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self,
         data_dir: str = "data",
         download: bool = True,
-        val_size: float = 0.2,
+        val_size: float | int = 0.2,
         seed: int = 42,
         train_subset: int | float | None = None,
         val_subset: int | float | None = None,
@@ -123,16 +124,20 @@ class CIFAR10DataModule(L.LightningDataModule):
         cache: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.data_dir = Path(data_dir).expanduser()
         self.augment = augment or AugmentConfig()
+        self.save_hyperparameters(ignore=["augment"])
+        # As a plain dict, so checkpoints stay loadable with torch.load(weights_only=True).
+        self.hparams["augment"] = dataclasses.asdict(self.augment)
+        self.data_dir = Path(data_dir).expanduser()
         for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise DataError(f"data.{option}={value} is not valid: use a positive number of images per batch.")
         if num_workers < 0:
             raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
-        if not 0 < val_size < 1:
-            raise DataError(f"data.val_size={val_size} is not valid: use a fraction in (0, 1), e.g. 0.2.")
+        if isinstance(val_size, float) and not 0 < val_size < 1:
+            raise DataError(f"data.val_size={val_size} is not valid: use a fraction in (0, 1), e.g. 0.2, or a count.")
+        if isinstance(val_size, int) and val_size < 1:
+            raise DataError(f"data.val_size={val_size} is not valid: use a count >= 1 or a fraction in (0, 1).")
         self.batch_augment = BatchAugment(self.augment)
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
@@ -165,9 +170,18 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"the training set in {self.data_dir} has a class with {min_per_class} image(s); a stratified "
                 "train/val split needs at least 2 per class."
             )
-        train_idx, val_idx = train_test_split(
-            np.arange(len(raw.train_y)), test_size=self.hparams.val_size, stratify=raw.train_y, random_state=seed
-        )
+        val_size, n, n_classes = self.hparams.val_size, len(raw.train_y), len(raw.classes)
+        if isinstance(val_size, int) and not n_classes <= val_size <= n - n_classes:
+            raise DataError(
+                f"data.val_size={val_size} does not fit the {n} training images: a stratified split needs "
+                f"{n_classes}..{n - n_classes} (at least one image per class on each side)."
+            )
+        try:
+            train_idx, val_idx = train_test_split(
+                np.arange(n), test_size=val_size, stratify=raw.train_y, random_state=seed
+            )
+        except ValueError as err:  # e.g. a fraction that leaves fewer val images than classes
+            raise DataError(f"data.val_size={val_size} cannot split {n} images into {n_classes} classes: {err}") from None
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
         x = torch.from_numpy(raw.train_x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
         y = torch.from_numpy(raw.train_y)
@@ -226,12 +240,17 @@ class CIFAR10DataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 ``(B, 3, H, W)`` on the device -> augmented (training only), normalized float."""
         x, y = batch
-        x = x.float().div_(255)
         trainer = self.trainer
-        if trainer is not None and trainer.training and self.augment.backend == "batched":
+        augment = trainer is not None and trainer.training and self.augment.backend == "batched"
+        return self.to_input(x, augment=augment), y
+
+    def to_input(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """uint8 images -> the float, normalized input the model sees (augmented if asked)."""
+        x = x.float().div_(255)
+        if augment:
             x = self.batch_augment(x)
         mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1), y
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
     def state_dict(self) -> dict:
         # Stored in every checkpoint: predicting later must not need the training data to recompute them.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -121,6 +123,19 @@ class LitMLP(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # Stop at the first non-finite loss, before it reaches the weights or a checkpoint. Reading the loss is
+        # free on the CPU; on an accelerator it is a host sync, so there it is read every log_every_n_steps.
+        step = self.global_step
+        if self.device.type != "cpu" and step % max(1, self.trainer.log_every_n_steps) != 0:
+            return
+        if not torch.isfinite(loss).item():
+            raise CifarlitError(
+                f"the training loss became {loss.item()} at step {step} (epoch {self.current_epoch}); training "
+                f"stopped and the last good checkpoint is kept. Lower the learning rate "
+                f"(--model.optimizer.init_args.lr) or check the data for bad values."
+            )
+
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
@@ -138,6 +153,15 @@ class LitMLP(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self(batch[0]).softmax(-1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning restores weights, optimizer, scheduler, loops and callbacks; the RNG states make a resumed
+        # run shuffle and augment exactly as the uninterrupted one would have.
+        checkpoint["cifarlit_rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "cifarlit_rng_states" in checkpoint:
+            set_rng_states(checkpoint["cifarlit_rng_states"])
 
     def configure_optimizers(self):
         try:
@@ -169,3 +193,24 @@ def _check_architecture(hidden_sizes, dropout, num_classes) -> None:
     if num_classes < 2:
         raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
 
+
+
+def rng_states() -> dict:
+    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))

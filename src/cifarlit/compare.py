@@ -1,0 +1,114 @@
+"""`cifarlit compare RUN...`: learning curves of several runs side by side, and a table of their metrics.
+
+Reads each run's TensorBoard event files (and its saved ``config.yaml``), so it works on any finished,
+stopped-early or still-running cifarlit run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from cifarlit.errors import CifarlitError
+
+CURVES = ("loss", "acc")
+
+
+def find_runs(patterns: list[str]) -> list[Path]:
+    """Run directories from paths or globs; a directory above runs (e.g. ``lightning_logs/``) expands to them."""
+    runs: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(Path(p) for p in glob.glob(pattern)) or [Path(pattern)]
+        for path in matches:
+            if not path.exists():
+                raise CifarlitError(f"run directory {str(path)!r} does not exist; pass run folders under lightning_logs/.")
+            if any(path.glob("events.out.tfevents.*")):
+                runs.append(path)
+                continue
+            nested = sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
+            if not nested:
+                raise CifarlitError(
+                    f"{str(path)!r} has no TensorBoard event files (events.out.tfevents.*): pass the folder of a run, "
+                    "e.g. lightning_logs/default/version_0."
+                )
+            runs += nested
+    return runs
+
+
+def read_run(path: Path) -> dict[str, list[float]]:
+    """Per-epoch scalars of one run, e.g. ``{"val/acc": [0.41, 0.45, ...]}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def run_name(path: Path, all_runs: list[Path]) -> str:
+    """``name/version_N`` when several runs share a name, else just the logger name."""
+    names = [p.parent.name for p in all_runs]
+    return f"{path.parent.name}/{path.name}" if names.count(path.parent.name) > 1 else path.parent.name
+
+
+def summary_table(runs: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: epochs run, final and best val metrics, test metrics when present."""
+    header = "| run | epochs | final train/acc | final val/acc | best val/acc | best val/loss | test/acc |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+
+    def fmt(values: list[float], how) -> str:
+        return f"{how(values):.4f}" if values else "-"
+
+    for name, s in runs.items():
+        lines.append(
+            f"| {name} | {len(s.get('val/acc', []))} | {fmt(s.get('train/acc', []), lambda v: v[-1])} "
+            f"| {fmt(s.get('val/acc', []), lambda v: v[-1])} | {fmt(s.get('val/acc', []), max)} "
+            f"| {fmt(s.get('val/loss', []), min)} | {fmt(s.get('test/acc', []), lambda v: v[-1])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """One row per metric (loss, acc), train on the left and val on the right, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(CURVES), 2, figsize=(11, 4 * len(CURVES)), squeeze=False)
+    for row, metric in enumerate(CURVES):
+        for col, stage in enumerate(("train", "val")):
+            ax = axes[row][col]
+            for name, scalars in runs.items():
+                values = scalars.get(f"{stage}/{metric}", [])
+                if values:
+                    ax.plot(range(1, len(values) + 1), values, label=name, marker="." if len(values) < 30 else None)
+            ax.set_title(f"{stage}/{metric}")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cifarlit compare", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders or globs, e.g. 'lightning_logs/*/version_*'")
+    parser.add_argument("--output", default="compare.png", help="where to write the learning-curve PNG")
+    parser.add_argument("--table", default=None, help="also write the markdown table to this file")
+    args = parser.parse_args(argv)
+    try:
+        paths = find_runs(args.runs)
+        runs = {run_name(p, paths): read_run(p) for p in paths}
+    except CifarlitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    plot(runs, Path(args.output))
+    table = summary_table(runs)
+    print(table)
+    if args.table:
+        Path(args.table).write_text(table + "\n")
+    print(f"\ncurves: {args.output}")
+    return 0

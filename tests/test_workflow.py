@@ -1,0 +1,137 @@
+"""The workflow commands on fixture data: explore, the debug ladder's verdicts, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifarlit.callbacks import OverfitCheck
+from cifarlit.cli import cli_main
+from cifarlit.compare import main as compare_main
+from cifarlit.data import CIFAR10DataModule
+from cifarlit.model import LitMLP
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = str(REPO / "configs" / "default.yaml")
+
+
+def run_cli(*args: str):
+    sys.argv = ["cifarlit"]
+    return cli_main(list(args))
+
+
+# --- explore -----------------------------------------------------------------------------------------------------
+
+
+def test_explore_json_reports_every_split(pickle_root, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    run_cli("explore", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--format", "json", "--grid_path", str(grid))
+    report = json.loads(capsys.readouterr().out)
+    train, val, test = (report["splits"][s] for s in ("train", "val", "test"))
+    assert (train["samples"], val["samples"], test["samples"]) == (160, 40, 50)
+    assert train["channels"] == 3 and train["resolution"] == [32, 32] and train["dtype"] == "uint8"
+    assert 0 <= train["min"] < train["max"] <= 255
+    assert set(train["class_counts"].values()) == {16} and train["balanced"] is True
+    assert report["class_names"][0] == "airplane" and len(train["mean"]) == len(train["std"]) == 3
+    assert grid.stat().st_size > 1000
+
+
+def test_explore_table_and_tensorboard_grid(folder_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_cli("explore", "-c", DEFAULT, "--data.data_dir", str(folder_root), "--log_grid", "true",
+            "--trainer.logger.init_args.name", "explore")  # fmt: skip
+    out = capsys.readouterr().out
+    for word in ("samples", "channels", "resolution", "dtype", "mean", "std", "balanced", "airplane", "sample grid"):
+        assert word in out
+    assert (tmp_path / "explore.png").is_file()
+    events = EventAccumulator(str(next((tmp_path / "lightning_logs" / "explore").glob("version_*")))).Reload()
+    assert "explore/samples" in events.Tags()["images"]
+
+
+# --- the debug ladder --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rung", ["one_sample", "one_batch"])
+def test_ladder_rungs_pass_on_a_working_pipeline(rung, pickle_root, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "-c", DEFAULT, "-c", str(REPO / "configs" / "debug" / f"{rung}.yaml"),
+                  "--data.data_dir", str(pickle_root))  # fmt: skip
+    check = next(cb for cb in cli.trainer.callbacks if isinstance(cb, OverfitCheck))
+    assert check.passed is True, check.message
+    assert check.message.startswith("PASS")
+    assert not (tmp_path / "lightning_logs" / f"debug_{rung}" / "version_0" / "checkpoints").exists()
+
+
+def test_ladder_fails_with_a_learning_rate_of_zero(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", DEFAULT, "-c", str(REPO / "configs" / "debug" / "one_batch.yaml"),
+                "--data.data_dir", str(pickle_root), "--model.optimizer.init_args.lr", "0")  # fmt: skip
+    assert exit_info.value.code == 1
+
+
+class ShuffledLabels(CIFAR10DataModule):
+    """A classic pipeline bug: labels shuffled independently of the images, afresh every batch."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = super().on_after_batch_transfer(batch, dataloader_idx)
+        return x, y[torch.randperm(len(y))]
+
+
+def test_ladder_fails_when_labels_are_shuffled_apart_from_images(pickle_root, tmp_path):
+    L.seed_everything(0)
+    dm = ShuffledLabels(str(pickle_root), download=False, train_subset=16, batch_size=16)
+    check = OverfitCheck()
+    trainer = L.Trainer(max_epochs=100, limit_val_batches=0, callbacks=[check], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(LitMLP(), dm)
+    assert check.passed is False
+    assert check.message.startswith("FAIL") and "labels" in check.message and "learning rate" in check.message
+
+
+# --- compare -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_runs(pickle_root, tmp_path_factory):
+    """Two runs: 'long' (3 epochs, tested) and 'short' (2 epochs, never tested)."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, epochs, test in (("long", 3, "true"), ("short", 2, "false")):
+        run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--trainer.max_epochs", str(epochs),
+                "--trainer.logger.init_args.save_dir", str(root / "lightning_logs"),
+                "--trainer.logger.init_args.name", name, "--test_after_fit", test)  # fmt: skip
+    return root / "lightning_logs"
+
+
+def test_compare_writes_curves_and_table(finished_runs, tmp_path, capsys):
+    png, table = tmp_path / "curves.png", tmp_path / "table.md"
+    code = compare_main([str(finished_runs / "*" / "version_*"), "--output", str(png), "--table", str(table)])
+    assert code == 0
+    assert png.stat().st_size > 10_000
+    rows = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]}
+    assert set(rows) == {"long", "short"}
+    assert rows["long"].split("|")[2].strip() == "3" and rows["short"].split("|")[2].strip() == "2"
+    assert rows["short"].rstrip(" |").endswith("-")  # no test metrics: shown as '-', not a crash
+    assert "| long |" in capsys.readouterr().out
+
+
+def test_compare_expands_a_logs_folder(finished_runs, tmp_path):
+    assert compare_main([str(finished_runs), "--output", str(tmp_path / "c.png")]) == 0
+
+
+def test_compare_rejects_a_folder_without_event_files(tmp_path, capsys):
+    (tmp_path / "empty_run").mkdir()
+    assert compare_main([str(tmp_path / "empty_run"), "--output", str(tmp_path / "c.png")]) == 2
+    assert "no TensorBoard event files" in capsys.readouterr().err
+
+
+def test_compare_through_the_cli(finished_runs, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", str(finished_runs / "long" / "version_0"), "--output", str(tmp_path / "c.png")])
+    assert exit_info.value.code == 0
