@@ -117,7 +117,8 @@ def test_compare_writes_curves_and_table(finished_runs, tmp_path, capsys):
     rows = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]}
     assert set(rows) == {"long", "short"}
     assert rows["long"].split("|")[2].strip() == "3" and rows["short"].split("|")[2].strip() == "2"
-    assert rows["short"].rstrip(" |").endswith("-")  # no test metrics: shown as '-', not a crash
+    assert rows["short"].split("|")[7].strip() == "-"  # no test metrics: shown as '-', not a crash
+    assert rows["long"].split("|")[8].strip().endswith("s")  # fit wall time
     assert "| long |" in capsys.readouterr().out
 
 

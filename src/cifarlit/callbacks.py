@@ -72,9 +72,10 @@ class RunInfo(Callback):
     METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
-        self._write_info(trainer)
+        self._write_info(trainer, log_dir)
         self._register_hparams(trainer, pl_module)
 
     def _register_hparams(self, trainer, pl_module) -> None:
@@ -93,7 +94,7 @@ class RunInfo(Callback):
         for summary in hparams(flat, {m: 0.0 for m in self.METRICS}):
             writer.add_summary(summary)
 
-    def _write_info(self, trainer) -> None:
+    def _write_info(self, trainer, log_dir: str) -> None:
         import json
         import platform
         from importlib.metadata import PackageNotFoundError, version
@@ -114,6 +115,6 @@ class RunInfo(Callback):
             "python": platform.python_version(),
             "packages": packages,
         }
-        path = Path(trainer.log_dir) / "run_info.json"
+        path = Path(log_dir) / "run_info.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2) + "\n")

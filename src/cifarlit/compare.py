@@ -42,7 +42,10 @@ def read_run(path: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    if "val/acc" in scalars:  # fit's wall time: from the logger's start to the last validation
+        scalars["_fit_seconds"] = [events.Scalars("val/acc")[-1].wall_time - events.FirstEventTimestamp()]
+    return scalars
 
 
 def run_name(path: Path, all_runs: list[Path]) -> str:
@@ -53,7 +56,7 @@ def run_name(path: Path, all_runs: list[Path]) -> str:
 
 def summary_table(runs: dict[str, dict[str, list[float]]]) -> str:
     """Markdown: epochs run, final and best val metrics, test metrics when present."""
-    header = "| run | epochs | final train/acc | final val/acc | best val/acc | best val/loss | test/acc |"
+    header = "| run | epochs | final train/acc | final val/acc | best val/acc | best val/loss | test/acc | fit time |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
 
     def fmt(values: list[float], how) -> str:
@@ -63,9 +66,17 @@ def summary_table(runs: dict[str, dict[str, list[float]]]) -> str:
         lines.append(
             f"| {name} | {len(s.get('val/acc', []))} | {fmt(s.get('train/acc', []), lambda v: v[-1])} "
             f"| {fmt(s.get('val/acc', []), lambda v: v[-1])} | {fmt(s.get('val/acc', []), max)} "
-            f"| {fmt(s.get('val/loss', []), min)} | {fmt(s.get('test/acc', []), lambda v: v[-1])} |"
+            f"| {fmt(s.get('val/loss', []), min)} | {fmt(s.get('test/acc', []), lambda v: v[-1])} "
+            f"| {_duration(s.get('_fit_seconds', []))} |"
         )
     return "\n".join(lines)
+
+
+def _duration(seconds: list[float]) -> str:
+    if not seconds:
+        return "-"
+    minutes, secs = divmod(round(seconds[0]), 60)
+    return f"{minutes}m{secs:02d}s"
 
 
 def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
