@@ -27,20 +27,20 @@ class FitTimer(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def plain_loop(dm, batch_size: int, epochs: int) -> float:
+def plain_loop(dm, batch_size: int, epochs: int, device: str = "cpu") -> float:
     """The benchmark's reference: in-memory normalized float tensors, no framework."""
-    mean, std = dm.mean.view(1, 3, 1, 1), dm.std.view(1, 3, 1, 1)
-    x = (dm.train_set.x.float() / 255 - mean) / std
-    y = dm.train_set.y
-    vx = (dm.val_set.x.float() / 255 - mean) / std
-    vy = dm.val_set.y
+    mean, std = dm.mean.view(1, 3, 1, 1).to(device), dm.std.view(1, 3, 1, 1).to(device)
+    x = (dm.train_set.x.to(device).float() / 255 - mean) / std
+    y = dm.train_set.y.to(device)
+    vx = (dm.val_set.x.to(device).float() / 255 - mean) / std
+    vy = dm.val_set.y.to(device)
     torch.manual_seed(0)
-    model = MLP(3072, [100, 100], 10)
+    model = MLP(3072, [100, 100], 10).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(y)).split(batch_size):
+        for idx in torch.randperm(len(y), device=device).split(batch_size):
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -155,3 +155,10 @@ def test_corrupted_cache_is_rebuilt(fresh_folder):
     with pytest.warns(UserWarning, match="unreadable"):
         raw = sources.load(fresh_folder)
     np.testing.assert_array_equal(raw.train_x, good.train_x)
+
+
+def test_on_device_is_a_no_op_on_the_cpu_and_refuses_workers(pickle_root):
+    dm = make_dm(pickle_root, on_device=True)
+    assert dm.train_set.x.device.type == "cpu"
+    with pytest.raises(DataError, match="on_device=true needs data.num_workers=0"):
+        CIFAR10DataModule(str(pickle_root), on_device=True, num_workers=2)

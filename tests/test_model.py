@@ -65,3 +65,27 @@ def test_scheduler_config():
     assert cfg["lr_scheduler"]["scheduler"].step_size == 10 and cfg["lr_scheduler"]["interval"] == "epoch"
     plateau = LitMLP(lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau).configure_optimizers()
     assert plateau["lr_scheduler"]["monitor"] == "val/loss"
+
+
+def test_bf16_mixed_precision_trains_on_cpu(pickle_root, tmp_path):
+    import lightning as L
+
+    from cifarlit.data import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(str(pickle_root), download=False)
+    trainer = L.Trainer(max_epochs=2, precision="bf16-mixed", accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(LitMLP(), dm)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and metrics["val/acc"] > 0.3
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_outputs_and_state_dict_keys():
+    torch.manual_seed(0)
+    plain = LitMLP()
+    compiled = LitMLP(compile=True)
+    compiled.load_state_dict(plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    torch.testing.assert_close(compiled(x), plain(x), rtol=1e-4, atol=1e-5)
