@@ -8,7 +8,7 @@ DATA_ARG := $(if $(DATA_DIR),--data.data_dir $(DATA_DIR),)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all bench tensorboard lint clean experiments
+.PHONY: help venv train test test-all test-slow bench tensorboard lint clean experiments
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: venv  ## the fast test suite (no network, a few minutes on 2 cores)
 
 test-all: venv  ## every test, including the slow ones (real data when ../shared/data is present)
 	$(PY) -m pytest -m ""
+
+test-slow: venv  ## only the slow tests: real data, determinism, kill-and-resume, DDP, TensorBoard server
+	$(PY) -m pytest -m slow
 
 bench: venv  ## speed benchmarks; prints ratios measured side by side (see benchmarks/README.md)
 	$(PY) benchmarks/run.py $(DATA_ARG) 2>&1 | grep -v "━"

@@ -41,7 +41,10 @@ def synthetic() -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        entry = {"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 10000).tolist()}
+        entry = {
+            "data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, 10000).tolist(),
+        }
         with open(folder / f"data_batch_{i}", "wb") as f:
             pickle.dump(entry, f)
     with open(folder / "test_batch", "wb") as f:

@@ -1,6 +1,6 @@
 """Epoch time of the default MLP on a GPU: cifarlit's variants against a plain PyTorch loop on the same GPU.
 
-    python benchmarks/gpu_epoch.py --data.data_dir <folder>
+python benchmarks/gpu_epoch.py --data.data_dir <folder>
 """
 
 from __future__ import annotations
@@ -37,8 +37,16 @@ def main() -> None:
         ("bs=64 fp32 (default config)", 64, []),
         ("bs=64 fp32 on_device", 64, ["--data.on_device", "true"]),
         ("bs=512 fp32 on_device", 512, ["--data.on_device", "true"]),
-        ("bs=512 bf16-mixed on_device", 512, ["--data.on_device", "true", "--trainer.precision", "bf16-mixed"]),
-        ("bs=64 course aug (batched) on_device", 64, ["--data.on_device", "true", "--data.augment.preset", "course"]),
+        (
+            "bs=512 bf16-mixed on_device",
+            512,
+            ["--data.on_device", "true", "--trainer.precision", "bf16-mixed"],
+        ),
+        (
+            "bs=64 course aug (batched) on_device",
+            64,
+            ["--data.on_device", "true", "--data.augment.preset", "course"],
+        ),
     ]
     if args.compile:
         variants.append(("bs=512 compile on_device", 512, ["--data.on_device", "true", "--model.compile", "true"]))

@@ -22,7 +22,9 @@ SUITES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data.data_dir", dest="data_dir", default=None, help="dataset folder (default: shared CIFAR-10)")
+    parser.add_argument(
+        "--data.data_dir", dest="data_dir", default=None, help="dataset folder (default: shared CIFAR-10)"
+    )
     parser.add_argument("--only", nargs="*", choices=list(SUITES), help="run only these benchmarks")
     args = parser.parse_args()
     data, source = common.data_dir(args.data_dir)

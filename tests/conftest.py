@@ -58,7 +58,7 @@ def write_image_folder(
     for split, per_class, seed in (("train", per_class_train, 3), ("test", per_class_test, 4)):
         y = np.repeat(np.arange(len(classes)), per_class)
         x = make_images(y, seed=seed, size=size)
-        for i, (image, label) in enumerate(zip(x, y)):
+        for i, (image, label) in enumerate(zip(x, y, strict=True)):
             d = root / split / classes[label]
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(d / f"{i:04d}.png")

@@ -29,9 +29,10 @@ def flipped(out: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", ["batched", "albumentations"])
-def test_flip_only_flips_about_half_and_keeps_pixels(backend):
+@pytest.mark.parametrize("cfg", [{"preset": "flip"}, {"preset": "crop_flip", "pad": 0}], ids=["flip", "pad0"])
+def test_flip_only_flips_about_half_and_keeps_pixels(backend, cfg):
     x = asymmetric_batch(2000)
-    out = run_backend(backend, AugmentConfig(preset="crop_flip", backend=backend, pad=0), x)
+    out = run_backend(backend, AugmentConfig(backend=backend, **cfg), x)
     assert out.shape == x.shape
     frac = flipped(out).float().mean().item()
     assert 0.45 < frac < 0.55

@@ -74,7 +74,14 @@ def test_monitor_keys_in_configs_are_logged_metrics():
 
 def test_print_config_and_linked_num_classes(folder_root, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(folder_root), "--print_config")
+        run_cli(
+            "fit",
+            "-c",
+            str(REPO / "configs" / "default.yaml"),
+            "--data.data_dir",
+            str(folder_root),
+            "--print_config",
+        )
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["hidden_sizes"] == [100, 100]
@@ -118,7 +125,9 @@ def test_user_mistakes_are_one_clear_message(args, expected, pickle_root, tmp_pa
 
 
 def test_a_mistake_in_a_real_process_prints_no_traceback(tmp_path):
-    result = subprocess_cli("fit", "--data.data_dir", str(tmp_path / "nowhere"), "--data.download", "false", cwd=tmp_path)
+    result = subprocess_cli(
+        "fit", "--data.data_dir", str(tmp_path / "nowhere"), "--data.download", "false", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: data.data_dir=")
     assert "Traceback" not in result.stderr

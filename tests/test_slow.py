@@ -36,7 +36,12 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
 
 
 def subprocess_fit(*args: str, cwd: Path, out: Path, wait: bool = True):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "CIFARLIT_TEST_OUT": str(out), "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "tests"),
+        "CIFARLIT_TEST_OUT": str(out),
+        "PYTHONWARNINGS": "ignore",
+    }
     cmd = [sys.executable, "-m", "cifarlit", "fit", "-c", DEFAULT, *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -54,7 +59,17 @@ def test_default_config_learns_real_cifar10(real_cifar, tmp_path, monkeypatch):
 
 
 def test_explore_real_cifar10_mean(real_cifar, capsys):
-    run_cli("explore", "-c", DEFAULT, "--data.data_dir", str(real_cifar), "--format", "json", "--grid_path", "null")
+    run_cli(
+        "explore",
+        "-c",
+        DEFAULT,
+        "--data.data_dir",
+        str(real_cifar),
+        "--format",
+        "json",
+        "--grid_path",
+        "null",
+    )
     train = json.loads(capsys.readouterr().out)["splits"]["train"]
     assert train["mean"] == pytest.approx([0.491, 0.482, 0.447], abs=0.003)
 
@@ -107,7 +122,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(pickle_root, tmp_pa
 
     subprocess_fit(*common, "--trainer.logger.init_args.name", "killed", "--ckpt_path", "last", cwd=tmp_path, out=out)
     assert not (tmp_path / "lightning_logs" / "killed" / "version_1").exists()  # resumed into the same run
-    whole = torch.load(tmp_path / "lightning_logs" / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    whole = torch.load(
+        tmp_path / "lightning_logs" / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == whole["epoch"] == 5
     for key, value in whole["state_dict"].items():

@@ -31,7 +31,17 @@ def run_cli(*args: str):
 
 def test_explore_json_reports_every_split(pickle_root, tmp_path, capsys):
     grid = tmp_path / "grid.png"
-    run_cli("explore", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--format", "json", "--grid_path", str(grid))
+    run_cli(
+        "explore",
+        "-c",
+        DEFAULT,
+        "--data.data_dir",
+        str(pickle_root),
+        "--format",
+        "json",
+        "--grid_path",
+        str(grid),
+    )
     report = json.loads(capsys.readouterr().out)
     train, val, test = (report["splits"][s] for s in ("train", "val", "test"))
     assert (train["samples"], val["samples"], test["samples"]) == (160, 40, 50)
@@ -47,7 +57,17 @@ def test_explore_table_and_tensorboard_grid(folder_root, tmp_path, monkeypatch, 
     run_cli("explore", "-c", DEFAULT, "--data.data_dir", str(folder_root), "--log_grid", "true",
             "--trainer.logger.init_args.name", "explore")  # fmt: skip
     out = capsys.readouterr().out
-    for word in ("samples", "channels", "resolution", "dtype", "mean", "std", "balanced", "airplane", "sample grid"):
+    for word in (
+        "samples",
+        "channels",
+        "resolution",
+        "dtype",
+        "mean",
+        "std",
+        "balanced",
+        "airplane",
+        "sample grid",
+    ):
         assert word in out
     assert (tmp_path / "explore.png").is_file()
     events = EventAccumulator(str(next((tmp_path / "lightning_logs" / "explore").glob("version_*")))).Reload()

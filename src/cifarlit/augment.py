@@ -5,6 +5,7 @@ Two presets, each in both backends:
 - ``course``: the lecture's pipeline, RandomCrop(24, 24) -> Resize(32, 32) -> HorizontalFlip ->
   OneOf(ToGray p=0.2, RGBShift p=0.3) (OneOf itself p=0.5, so 20% of images turn gray, 30% get shifted).
 - ``crop_flip``: zero-pad 4 pixels, random 32x32 crop, horizontal flip (the usual CIFAR recipe).
+- ``flip``: horizontal flip only: the one change that keeps every pixel where an MLP expects it.
 
 The ``batched`` backend draws per-image random parameters and applies crop, resize and flip as one
 ``affine_grid`` + ``grid_sample`` call on the whole batch: on 2 CPU cores a per-sample pipeline costs
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Preset = Literal["none", "course", "crop_flip"]
+Preset = Literal["none", "course", "crop_flip", "flip"]
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, what albumentations' ToGray uses
 RGB_SHIFT = 20 / 255  # albumentations' RGBShift default: each channel moved by up to +-20 of 255
 
@@ -32,8 +33,8 @@ class AugmentConfig:
     """Augmentation of the training split (val and test are never augmented).
 
     Args:
-        preset: ``none``, ``course`` (crop 24 -> resize 32 -> flip -> gray / RGB shift) or ``crop_flip``
-            (pad 4 + random crop 32 + flip).
+        preset: ``none``, ``course`` (crop 24 -> resize 32 -> flip -> gray / RGB shift), ``crop_flip``
+            (pad 4 + random crop 32 + flip) or ``flip`` (horizontal flip only).
         backend: ``batched`` (tensor ops on the training device, the fast default) or ``albumentations``
             (per sample, in DataLoader workers).
         pad: padding in pixels for ``crop_flip``.
@@ -68,8 +69,8 @@ class BatchAugment(nn.Module):
             sx, sy = torch.full_like(ox, cw / w), torch.full_like(oy, ch / h)
             tx, ty = (2 * ox + cw) / w - 1, (2 * oy + ch) / h - 1
             mode = "bilinear"
-        else:  # crop_flip: a whole-pixel shift within `pad` pixels of zero padding
-            p = self.cfg.pad
+        else:  # crop_flip: a whole-pixel shift within `pad` pixels of zero padding; flip: no shift
+            p = self.cfg.pad if self.cfg.preset == "crop_flip" else 0
             tx = (torch.floor(rand(b) * (2 * p + 1)) - p) * 2 / w
             ty = (torch.floor(rand(b) * (2 * p + 1)) - p) * 2 / h
             sx, sy = torch.ones_like(tx), torch.ones_like(ty)
@@ -119,6 +120,8 @@ def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None
             A.RandomCrop(size, size),
             A.HorizontalFlip(),
         ]
+    elif cfg.preset == "flip":
+        transforms = [A.HorizontalFlip()]
     else:
         transforms = []
     return A.Compose(transforms, seed=seed)

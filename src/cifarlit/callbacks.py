@@ -50,7 +50,8 @@ class OverfitCheck(Callback):
         pl_module.train(was_training)
         acc, loss = correct / n, loss_sum / n
         self.passed = acc >= self.min_accuracy and loss < self.loss_threshold
-        what = f"{acc:.1%} training accuracy and loss {loss:.4f} on the {n} training image(s) after {trainer.current_epoch} epochs"
+        what = f"{acc:.1%} training accuracy and loss {loss:.4f} on the {n} training image(s)"
+        what += f" after {trainer.current_epoch} epochs"
         if self.passed:
             self.message = f"PASS: {what}. The pipeline can learn; climb to the next rung."
         else:
@@ -101,7 +102,15 @@ class RunInfo(Callback):
         from pathlib import Path
 
         packages = {}
-        for name in ("cifarlit", "torch", "torchvision", "lightning", "torchmetrics", "albumentations", "numpy"):
+        for name in (
+            "cifarlit",
+            "torch",
+            "torchvision",
+            "lightning",
+            "torchmetrics",
+            "albumentations",
+            "numpy",
+        ):
             try:
                 packages[name] = version(name)
             except PackageNotFoundError:

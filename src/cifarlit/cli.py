@@ -46,7 +46,11 @@ class CifarTrainer(Trainer):
         classes = datamodule.classes
         splits = {
             name: report.describe(ds.x, ds.y, classes)
-            for name, ds in (("train", datamodule.train_set), ("val", datamodule.val_set), ("test", datamodule.test_set))
+            for name, ds in (
+                ("train", datamodule.train_set),
+                ("val", datamodule.val_set),
+                ("test", datamodule.test_set),
+            )
         }
         print(report.to_json(splits, classes) if format == "json" else report.format_table(splits, classes))
         if grid_path or log_grid:
@@ -70,7 +74,10 @@ class CifarCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint on the test split."
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, test the best checkpoint on the test split.",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -112,7 +119,9 @@ def check_checkpoint(path: Path) -> None:
         ) from None
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     if not any(key.startswith("net.") for key in state) or "hyper_parameters" not in ckpt:
-        raise CifarlitError(f"--ckpt_path {path} is not a cifarlit checkpoint (no LitMLP weights and hyperparameters in it).")
+        raise CifarlitError(
+            f"--ckpt_path {path} is not a cifarlit checkpoint (no LitMLP weights and hyperparameters in it)."
+        )
 
 
 def resume_into_same_run(config, ckpt: str) -> None:
@@ -123,13 +132,18 @@ def resume_into_same_run(config, ckpt: str) -> None:
     """
     logger = config.trainer.get("logger")
     args = getattr(logger, "init_args", None)
-    if args is None or not str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger") or args.get("version") is not None:
+    if (
+        args is None
+        or not str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger")
+        or args.get("version") is not None
+    ):
         return
     run_root = Path(args.get("save_dir") or "lightning_logs") / (args.get("name") or "lightning_logs")
     if ckpt == "last":
         versions = sorted(
-            (int(p.name.split("_")[1]), p) for p in run_root.glob("version_*") if p.name.split("_")[1].isdigit()
-            and (p / "checkpoints" / "last.ckpt").is_file()
+            (int(p.name.split("_")[1]), p)
+            for p in run_root.glob("version_*")
+            if p.name.split("_")[1].isdigit() and (p / "checkpoints" / "last.ckpt").is_file()
         )
         if versions:
             args.version = versions[-1][0]
@@ -137,7 +151,9 @@ def resume_into_same_run(config, ckpt: str) -> None:
     path = Path(ckpt).resolve()
     if path.parent.name == "checkpoints" and path.parent.parent.parent == run_root.resolve():
         version = path.parent.parent.name
-        args.version = int(version.split("_")[1]) if version.startswith("version_") and version[8:].isdigit() else version
+        args.version = (
+            int(version.split("_")[1]) if version.startswith("version_") and version[8:].isdigit() else version
+        )
 
 
 def cli_main(args: list[str] | None = None) -> CifarCLI | None:
@@ -153,7 +169,7 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
             CIFAR10DataModule,
             trainer_class=CifarTrainer,
             save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
-            args=argv,
+            args=args,
         )
     except CifarlitError as err:
         print(f"error: {err}", file=sys.stderr)

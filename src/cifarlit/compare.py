@@ -23,7 +23,9 @@ def find_runs(patterns: list[str]) -> list[Path]:
         matches = sorted(Path(p) for p in glob.glob(pattern)) or [Path(pattern)]
         for path in matches:
             if not path.exists():
-                raise CifarlitError(f"run directory {str(path)!r} does not exist; pass run folders under lightning_logs/.")
+                raise CifarlitError(
+                    f"run directory {str(path)!r} does not exist; pass run folders under lightning_logs/."
+                )
             if any(path.glob("events.out.tfevents.*")):
                 runs.append(path)
                 continue
@@ -90,10 +92,17 @@ def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
     for row, metric in enumerate(CURVES):
         for col, stage in enumerate(("train", "val")):
             ax = axes[row][col]
-            for name, scalars in runs.items():
+            for i, (name, scalars) in enumerate(runs.items()):
                 values = scalars.get(f"{stage}/{metric}", [])
-                if values:
-                    ax.plot(range(1, len(values) + 1), values, label=name, marker="." if len(values) < 30 else None)
+                if values:  # 10 colours, then the same colours dashed, so a dozen runs stay distinguishable
+                    style = {"color": plt.cm.tab10(i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
+                    ax.plot(
+                        range(1, len(values) + 1),
+                        values,
+                        label=name,
+                        marker="." if len(values) < 30 else None,
+                        **style,
+                    )
             ax.set_title(f"{stage}/{metric}")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)

@@ -113,7 +113,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self,
         data_dir: str = "data",
         download: bool = True,
-        val_size: float | int = 0.2,
+        val_size: int | float = 0.2,
         seed: int = 42,
         train_subset: int | float | None = None,
         val_subset: int | float | None = None,
@@ -136,7 +136,9 @@ class CIFAR10DataModule(L.LightningDataModule):
             if value < 1:
                 raise DataError(f"data.{option}={value} is not valid: use a positive number of images per batch.")
         if on_device and num_workers > 0:
-            raise DataError(f"data.on_device=true needs data.num_workers=0 (got {num_workers}): workers cannot index GPU memory.")
+            raise DataError(
+                f"data.on_device=true needs data.num_workers=0 (got {num_workers}): workers cannot index GPU memory."
+            )
         if num_workers < 0:
             raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
         if isinstance(val_size, float) and not 0 < val_size < 1:
@@ -186,7 +188,9 @@ class CIFAR10DataModule(L.LightningDataModule):
                 np.arange(n), test_size=val_size, stratify=raw.train_y, random_state=seed
             )
         except ValueError as err:  # e.g. a fraction that leaves fewer val images than classes
-            raise DataError(f"data.val_size={val_size} cannot split {n} images into {n_classes} classes: {err}") from None
+            raise DataError(
+                f"data.val_size={val_size} cannot split {n} images into {n_classes} classes: {err}"
+            ) from None
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
         x = torch.from_numpy(raw.train_x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
         y = torch.from_numpy(raw.train_y)

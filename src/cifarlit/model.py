@@ -200,7 +200,6 @@ def _check_architecture(hidden_sizes, dropout, num_classes) -> None:
         raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
 
 
-
 def rng_states() -> dict:
     """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with weights_only=True)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()

@@ -20,7 +20,7 @@ def describe(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> dict
         "dtype": str(x.dtype).replace("torch.", ""),
         "min": int(x.min()) if len(y) else None,
         "max": int(x.max()) if len(y) else None,
-        "class_counts": dict(zip(classes, counts)),
+        "class_counts": dict(zip(classes, counts, strict=True)),
         # balanced: the largest class is at most 10% bigger than the smallest
         "balanced": bool(len(y)) and max(counts) <= 1.1 * min(counts),
     }
@@ -43,14 +43,26 @@ def format_table(splits: dict[str, dict], classes: tuple[str, ...]) -> str:
             return "(" + ", ".join(str(v) for v in value) + ")"
         return str(value)
 
-    for key in ("samples", "classes", "channels", "resolution", "dtype", "min", "max", "mean", "std", "balanced"):
+    for key in (
+        "samples",
+        "classes",
+        "channels",
+        "resolution",
+        "dtype",
+        "min",
+        "max",
+        "mean",
+        "std",
+        "balanced",
+    ):
         rows.append((key, *(fmt(splits[s].get(key, "-")) for s in names)))
     for name in classes:
         rows.append((f"  {name}", *(str(splits[s]["class_counts"][name]) for s in names)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
-    lines.insert(len(lines) - len(classes), "class counts (0-1 scale for mean/std; min/max in raw uint8 values):")
+    lines.insert(len(lines) - len(classes), "images per class:")
+    lines.append("(mean/std on the 0-1 scale; min/max in stored uint8 values)")
     return "\n".join(lines)
 
 

@@ -113,7 +113,9 @@ def _extract(archive: Path, root: Path) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(root, filter="data")
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again.") from None
+        raise DataError(
+            f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again."
+        ) from None
 
 
 def load(root: Path, cache: bool = True) -> RawData:
@@ -182,10 +184,13 @@ def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[str, in
                 f"have the same class folders."
             )
         entries = sorted(
-            (e for e in os.scandir(class_dir) if e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name
+            (e for e in os.scandir(class_dir) if e.name.lower().endswith(IMAGE_EXTENSIONS)),
+            key=lambda e: e.name,
         )
         if not entries:
-            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove it.")
+            raise DataError(
+                f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove it."
+            )
         for e in entries:
             st = e.stat()
             items.append((e.path, label, st.st_size, st.st_mtime_ns))
@@ -202,7 +207,9 @@ def _decode(path: str) -> np.ndarray:
                 im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except Exception as err:  # PIL raises several types for damaged files
-        raise DataError(f"cannot read image {path} ({err.__class__.__name__}: {err}); fix or delete the file.") from None
+        raise DataError(
+            f"cannot read image {path} ({err.__class__.__name__}: {err}); fix or delete the file."
+        ) from None
 
 
 def _fingerprint(entries: list[tuple]) -> str:
@@ -217,7 +224,9 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
         raise DataError(f"{root / 'train'} has no class folders; lay images out as {root}/train/<class>/*.png.")
     splits = {"train": _list_split(root / "train", classes)}
     if (root / "test").is_dir():
-        test_classes = tuple(sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")))
+        test_classes = tuple(
+            sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith("."))
+        )
         if test_classes != classes:
             raise DataError(
                 f"class folders differ between {root / 'train'} {list(classes)} and {root / 'test'} "
@@ -254,13 +263,23 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
     try:
         with np.load(cache_file, allow_pickle=False) as z:
             if str(z["fingerprint"]) != fingerprint:
-                warnings.warn(f"{cache_file} is stale (the image folder changed); decoding the images again.", stacklevel=3)
+                warnings.warn(
+                    f"{cache_file} is stale (the image folder changed); decoding the images again.",
+                    stacklevel=3,
+                )
                 return None
             return RawData(
-                z["train_x"], z["train_y"], z["test_x"], z["test_y"], tuple(str(c) for c in z["classes"]), fingerprint
+                z["train_x"],
+                z["train_y"],
+                z["test_x"],
+                z["test_y"],
+                tuple(str(c) for c in z["classes"]),
+                fingerprint,
             )
     except Exception as err:  # a truncated or foreign file: rebuild rather than trust it
-        warnings.warn(f"{cache_file} is unreadable ({err.__class__.__name__}); decoding the images again.", stacklevel=3)
+        warnings.warn(
+            f"{cache_file} is unreadable ({err.__class__.__name__}); decoding the images again.", stacklevel=3
+        )
         return None
 
 
@@ -277,4 +296,7 @@ def _write_cache(cache_file: Path, data: RawData) -> None:
         os.replace(tmp, cache_file)
     except OSError as err:  # a read-only data folder still trains, just without the cache
         tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write the decode cache {cache_file} ({err}); images will be decoded each run.", stacklevel=3)
+        warnings.warn(
+            f"could not write the decode cache {cache_file} ({err}); images will be decoded each run.",
+            stacklevel=3,
+        )
