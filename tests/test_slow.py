@@ -54,8 +54,8 @@ def test_default_config_learns_real_cifar10(real_cifar, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(real_cifar), "--trainer.max_epochs", "3")
     assert len(cli.datamodule.train_set) == 40_000 and len(cli.datamodule.val_set) == 10_000
-    assert cli.trainer.callback_metrics["val/acc"] > 0.40
-    assert cli.trainer.callback_metrics["test/acc"] > 0.40
+    assert scalars(Path(cli.trainer.log_dir), "val/acc")[-1] > 0.40
+    assert cli.trainer.callback_metrics["test/acc"] > 0.40  # from testing the best checkpoint after fit
 
 
 def test_explore_real_cifar10_mean(real_cifar, capsys):
