@@ -259,11 +259,23 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def to_input(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """uint8 images -> the float, normalized input the model sees (augmented if asked)."""
-        x = x.float().div_(255)
+        scale, shift = self._affine(x.device)
         if augment:
-            x = self.batch_augment(x)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+            x = self.batch_augment(x.float().div_(255)).mul_(scale * 255)
+        else:
+            x = x.float().mul_(scale)
+        # In place with (1, C, 1, 1) operands: `(x - mean) / std` took 11.7 ms per 512 images on this CPU
+        # (a slow broadcasting path), mul_ + add_ 0.34 ms.
+        return x.add_(shift)
+
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_uint8 * scale + shift) == (x / 255 - mean) / std, cached per device."""
+        key = (str(device), self.mean.data_ptr())
+        if getattr(self, "_affine_key", None) != key:
+            std = self.std.view(1, -1, 1, 1).to(device)
+            self._affine_cache = (1 / (255 * std), (-self.mean.view(1, -1, 1, 1).to(device) / std))
+            self._affine_key = key
+        return self._affine_cache
 
     def state_dict(self) -> dict:
         # Stored in every checkpoint: predicting later must not need the training data to recompute them.
