@@ -1,13 +1,23 @@
-"""Callbacks that slow tests put into real `cifarlit fit` subprocesses (via PYTHONPATH=tests)."""
+"""Test helpers: running the CLI in-process, and callbacks that slow tests put into real `cifarlit fit`
+subprocesses (via PYTHONPATH=tests)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from lightning.pytorch import Callback
+
+from cifarlit.cli import cli_main
+
+
+def run_cli(*args: str):
+    """`cifarlit ARGS` in this process; returns the LightningCLI."""
+    sys.argv = ["cifarlit"]  # LightningCLI warns when pytest's own arguments are there next to `args`
+    return cli_main(list(args))
 
 
 def out_dir() -> Path:

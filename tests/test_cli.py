@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifarlit.cli import cli_main
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
@@ -28,11 +28,6 @@ def config_args(config: Path) -> list[str]:
     files = match.group(1).split()[1::2]
     assert files[-1] == str(config), f"{config}: its header command runs {files[-1]} instead"
     return [arg for f in files for arg in ("-c", str(REPO / f))]
-
-
-def run_cli(*args: str):
-    sys.argv = ["cifarlit"]  # LightningCLI warns when pytest's own arguments are there next to `args`
-    return cli_main(list(args))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)

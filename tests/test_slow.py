@@ -19,16 +19,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifarlit.cli import cli_main
+from helpers import run_cli
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "configs" / "default.yaml")
-
-
-def run_cli(*args: str):
-    sys.argv = ["cifarlit"]
-    return cli_main(list(args))
 
 
 def scalars(run_dir: Path, tag: str) -> list[float]:

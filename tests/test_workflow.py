@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -16,14 +15,10 @@ from cifarlit.cli import cli_main
 from cifarlit.compare import main as compare_main
 from cifarlit.data import CIFAR10DataModule
 from cifarlit.model import LitMLP
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "configs" / "default.yaml")
-
-
-def run_cli(*args: str):
-    sys.argv = ["cifarlit"]
-    return cli_main(list(args))
 
 
 # --- explore -----------------------------------------------------------------------------------------------------

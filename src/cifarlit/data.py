@@ -65,7 +65,7 @@ def _worker_init(worker_id: int) -> None:
 def _subset_indices(labels: np.ndarray, size: int | float, seed: int, option: str) -> np.ndarray:
     """Stratified subset of ``size`` (a count or a fraction) of the positions in ``labels``."""
     n = len(labels)
-    if isinstance(size, float) and not isinstance(size, bool):
+    if isinstance(size, float):
         if not 0 < size <= 1:
             raise DataError(f"{option}={size} is not a valid fraction: use a number in (0, 1] or a count >= 1.")
         count = max(1, round(size * n))
