@@ -162,3 +162,23 @@ def test_on_device_is_a_no_op_on_the_cpu_and_refuses_workers(pickle_root):
     assert dm.train_set.x.device.type == "cpu"
     with pytest.raises(DataError, match="on_device=true needs data.num_workers=0"):
         CIFAR10DataModule(str(pickle_root), on_device=True, num_workers=2)
+
+
+def test_keep_classes_selects_and_relabels_in_the_given_order(pickle_root):
+    dm = CIFAR10DataModule(str(pickle_root), download=False, keep_classes=["truck", "cat", "ship"])
+    assert dm.num_classes == 3 and dm.classes == ("truck", "cat", "ship")
+    dm.setup("fit")
+    full = CIFAR10DataModule(str(pickle_root), download=False)
+    full.setup("fit")
+    for split in ("train_set", "val_set", "test_set"):
+        labels = getattr(dm, split).y
+        assert set(labels.tolist()) == {0, 1, 2}
+    # the test images labelled 0 are exactly the full test set's trucks (class 9)
+    assert torch.equal(dm.test_set.x[dm.test_set.y == 0], full.test_set.x[full.test_set.y == 9])
+    assert len(dm.test_set) == int(sum((full.test_set.y == c).sum() for c in (9, 3, 8)))
+
+
+@pytest.mark.parametrize("keep", [["cat", "unicorn"], ["cat"], ["cat", "cat"]])
+def test_bad_keep_classes_is_a_clear_error(pickle_root, keep):
+    with pytest.raises(DataError, match=r"data.keep_classes=.*at least 2 distinct classes of \['airplane'"):
+        _ = CIFAR10DataModule(str(pickle_root), download=False, keep_classes=keep).num_classes

@@ -1,4 +1,4 @@
-"""The MLP network and LitMLP's optimizer/scheduler wiring and argument checks."""
+"""The MLP network and LitMLP's loss, optimizer/scheduler wiring and argument checks."""
 
 from __future__ import annotations
 
@@ -9,23 +9,26 @@ import torch
 from torch import nn
 
 from cifarlit.errors import CifarlitError
-from cifarlit.model import MLP, LitMLP
+from cifarlit.model import LitMLP
+from cifarlit.nets import MLP
+from cifarlit.schedules import WarmupCosineLR
 
 
 @pytest.mark.parametrize("hidden", [[], [50], [100, 100], [64, 32, 16]])
-@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_output_shape_and_layers(hidden, batch_norm, dropout):
-    net = MLP(3 * 32 * 32, hidden, 10, batch_norm=batch_norm, dropout=dropout)
+def test_output_shape_and_layers(hidden, norm, dropout):
+    net = MLP(10, (3, 32, 32), hidden, norm=norm, dropout=dropout)
     assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     count = lambda kind: sum(isinstance(m, kind) for m in net.modules())  # noqa: E731
     assert count(nn.Linear) == len(hidden) + 1
-    assert count(nn.BatchNorm1d) == (len(hidden) if batch_norm else 0)
+    assert count(nn.BatchNorm1d) == (len(hidden) if norm == "batch" else 0)
+    assert count(nn.LayerNorm) == (len(hidden) if norm == "layer" else 0)
     assert count(nn.Dropout) == (len(hidden) if dropout else 0)
 
 
 def test_dropout_per_layer():
-    net = MLP(12, [8, 8], 3, dropout=[0.1, 0.5])
+    net = MLP(3, (3, 2, 2), [8, 8], dropout=[0.1, 0.5])
     assert [m.p for m in net.modules() if isinstance(m, nn.Dropout)] == [0.1, 0.5]
 
 
@@ -42,6 +45,7 @@ def test_lecture_default_is_3072_100_100_10():
         ({"dropout": -0.1}, r"dropout=-0.1"),
         ({"dropout": [0.1]}, r"1 values for 2 hidden layers"),
         ({"num_classes": 1}, r"num_classes=1"),
+        ({"label_smoothing": 1.0}, r"label_smoothing=1.0.*\[0, 1\)"),
     ],
 )
 def test_bad_architecture_is_a_clear_error(kwargs, match):
@@ -65,6 +69,61 @@ def test_scheduler_config():
     assert cfg["lr_scheduler"]["scheduler"].step_size == 10 and cfg["lr_scheduler"]["interval"] == "epoch"
     plateau = LitMLP(lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau).configure_optimizers()
     assert plateau["lr_scheduler"]["monitor"] == "val/loss"
+
+
+def test_label_smoothing_applies_to_the_training_loss_only():
+    model = LitMLP(hidden_sizes=[], label_smoothing=0.2)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    logits = model(x)
+    train = model._step((x, y), "train")
+    val = model._step((x, y), "val")
+    torch.testing.assert_close(train, nn.functional.cross_entropy(logits, y, label_smoothing=0.2))
+    torch.testing.assert_close(val, nn.functional.cross_entropy(logits, y))
+    assert not torch.allclose(train, val)
+
+
+class _Trainer:  # what configure_optimizers reads from the trainer
+    estimated_stepping_batches = 300
+    max_epochs = 6
+
+
+@pytest.mark.parametrize(("interval", "total"), [("step", 300), ("epoch", 6)])
+@pytest.mark.parametrize(
+    "scheduler",
+    [partial(WarmupCosineLR, warmup_fraction=0.1), partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01)],
+)
+def test_total_steps_is_filled_from_the_run_length(scheduler, interval, total):
+    model = LitMLP(lr_scheduler=scheduler, scheduler_interval=interval)
+    model.trainer = _Trainer()
+    sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sched.total_steps == total
+    optimizer = sched.optimizer
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    peak = max(range(total), key=lrs.__getitem__)
+    assert 0 < peak < total // 2  # warms up, then decays
+    assert lrs[-1] < lrs[peak] / 5
+
+
+def test_total_steps_given_in_the_config_is_kept():
+    model = LitMLP(lr_scheduler=partial(WarmupCosineLR, total_steps=50), scheduler_interval="step")
+    model.trainer = _Trainer()
+    sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert [round(f(50), 3) for f in sched.lr_lambdas] == [0.0]
+    with pytest.raises(CifarlitError, match="warmup_fraction=1.5"):
+        WarmupCosineLR(sched.optimizer, total_steps=10, warmup_fraction=1.5)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from cifarlit import nets, schedules
+
+    for module in (nets, schedules):
+        assert doctest.testmod(module).failed == 0
 
 
 def test_bf16_mixed_precision_trains_on_cpu(pickle_root, tmp_path):

@@ -183,7 +183,7 @@ def test_tensorboard_serves_the_curves_and_hparams(pickle_root, tmp_path, monkey
         )  # fmt: skip
         experiment = json.load(urllib.request.urlopen(request, timeout=10))
         hparams = {h["name"] for h in experiment["hparamInfos"]}
-        assert {"hidden_sizes", "batch_norm", "optimizer"} <= hparams
+        assert {"hidden_sizes", "norm", "optimizer"} <= hparams
         assert "val/acc" in {m["name"]["tag"] for m in experiment["metricInfos"]}
     finally:
         server.terminate()

@@ -107,6 +107,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         cache: cache decoded image folders in ``data_dir/.cifarlit-cache.npz``.
         on_device: keep the whole uint8 dataset on the training GPU (CIFAR-10 is 180 MB), so an epoch makes no
             host-to-device copies. Needs ``num_workers: 0``; ignored on the CPU.
+        keep_classes: train, validate and test on these classes only (names), relabelled 0..k-1 in this order;
+            the transfer-learning experiment uses it to split CIFAR-10 into two 5-class tasks.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         augment: AugmentConfig | None = None,
         cache: bool = True,
         on_device: bool = False,
+        keep_classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.augment = augment or AugmentConfig()
@@ -152,7 +155,16 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return sources.class_names(self.data_dir)
+        available = sources.class_names(self.data_dir)
+        keep = self.hparams.keep_classes
+        if keep is None:
+            return available
+        unknown = [c for c in keep if c not in available]
+        if unknown or len(set(keep)) != len(keep) or len(keep) < 2:
+            raise DataError(
+                f"data.keep_classes={list(keep)} is not valid: name at least 2 distinct classes of {list(available)}."
+            )
+        return tuple(keep)
 
     @property
     def num_classes(self) -> int:
@@ -170,6 +182,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         # Rank 0 already loaded in prepare_data; other ranks (and direct setup() calls) read the cache.
         raw = getattr(self, "_raw", None) or sources.load(self.data_dir, cache=self.hparams.cache)
         self._raw = None
+        if self.hparams.keep_classes is not None:
+            raw = sources.select_classes(raw, self.classes)
         seed = self.hparams.seed
         min_per_class = np.bincount(raw.train_y).min() if len(raw.train_y) else 0
         if min_per_class < 2:

@@ -1,8 +1,12 @@
-"""The networks (plain ``nn.Module``) and ``LitMLP``, the LightningModule that trains them."""
+"""``LitMLP``, the LightningModule that trains a network from :mod:`cifarlit.nets` (the MLP unless the config
+names another) with the optimizer and LR schedule from the config."""
 
 from __future__ import annotations
 
+import inspect
 import random
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -15,60 +19,35 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifarlit.errors import CifarlitError
+from cifarlit.nets import MLP
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
-
-
-class MLP(nn.Module):
-    """Flatten, then ``Linear -> [BatchNorm1d] -> activation -> [Dropout]`` per hidden layer, then a linear head.
-
-    >>> MLP(3 * 32 * 32, [100, 100], 10)(torch.zeros(2, 3, 32, 32)).shape
-    torch.Size([2, 10])
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_sizes: list[int],
-        num_classes: int,
-        batch_norm: bool = False,
-        dropout: float | list[float] = 0.0,
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        drops = dropout if isinstance(dropout, list) else [dropout] * len(hidden_sizes)
-        layers: list[nn.Module] = [nn.Flatten()]  # (B, 3, 32, 32) -> (B, 3072)
-        width = in_features
-        for size, p in zip(hidden_sizes, drops, strict=True):
-            layers.append(nn.Linear(width, size, bias=not batch_norm))  # BN's shift makes the bias redundant
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
-            layers.append(ACTIVATIONS[activation]())
-            if p > 0:
-                layers.append(nn.Dropout(p))
-            width = size
-        layers.append(nn.Linear(width, num_classes))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+NetFactory = Callable[[int, tuple[int, int, int]], nn.Module]  # (num_classes, image_shape) -> network
 
 
 class LitMLP(L.LightningModule):
-    """Trains an :class:`MLP` classifier; optimizer and LR scheduler come from the config.
+    """Trains a classifier network; the network, optimizer and LR scheduler come from the config.
+
+    The network is the MLP built from ``hidden_sizes``/``norm``/``dropout``/``activation`` unless ``net`` names
+    another class (``cifarlit.nets.SmallCNN``, ``cifarlit.nets.TorchvisionNet`` or your own ``nn.Module`` whose
+    ``__init__`` takes ``num_classes`` and ``image_shape`` first).
 
     Args:
-        hidden_sizes: width of each hidden layer; ``[]`` gives a linear model. The lecture's net is [100, 100].
+        hidden_sizes: MLP: width of each hidden layer; ``[]`` gives a linear model. The lecture's net is [100, 100].
         num_classes: number of output classes (linked from ``data.num_classes`` by the CLI).
         image_shape: ``(C, H, W)`` of the input images.
-        batch_norm: BatchNorm1d after each hidden linear layer.
-        dropout: dropout after each hidden layer: one probability for all, or one per layer.
-        activation: one of relu, gelu, silu, tanh, leaky_relu.
+        norm: MLP: ``batch`` (BatchNorm1d), ``layer`` (LayerNorm) or ``none`` after each hidden linear layer.
+        dropout: MLP: dropout after each hidden layer: one probability for all, or one per layer.
+        activation: MLP: one of relu, gelu, silu, tanh, leaky_relu.
+        net: another network: ``{class_path: cifarlit.nets.SmallCNN, init_args: {widths: [32, 64, 128]}}``.
+        init_from: start from these weights (a cifarlit ``.ckpt`` or a ``torch.save``'d state_dict); the head is
+            re-created when the class count differs. Applied when a fit starts, not when resuming.
         optimizer: optimizer class and arguments, e.g. ``torch.optim.SGD`` with ``lr``, ``momentum``,
             ``weight_decay`` (the L2 penalty).
-        lr_scheduler: optional LR scheduler class and arguments, e.g. ``torch.optim.lr_scheduler.StepLR``.
+        lr_scheduler: optional LR scheduler class and arguments, e.g. ``torch.optim.lr_scheduler.StepLR``. For
+            ``OneCycleLR`` and ``cifarlit.schedules.WarmupCosineLR`` ``total_steps`` is filled in when unset.
         scheduler_interval: step the scheduler every ``epoch`` or every ``step`` (OneCycleLR, warm-up).
         scheduler_monitor: metric that ReduceLROnPlateau watches.
+        label_smoothing: training loss only (val/test report plain cross-entropy, comparable across runs).
         compile: run the network through ``torch.compile`` (worth it on a GPU; compiling takes a minute).
     """
 
@@ -77,20 +56,31 @@ class LitMLP(L.LightningModule):
         hidden_sizes: list[int] = [100, 100],  # noqa: B006 -- jsonargparse reads the default from the signature
         num_classes: int = 10,
         image_shape: tuple[int, int, int] = (3, 32, 32),
-        batch_norm: bool = False,
+        norm: Literal["none", "batch", "layer"] = "none",
         dropout: float | list[float] = 0.0,
         activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu",
+        net: NetFactory | None = None,
+        init_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         scheduler_monitor: str = "val/loss",
+        label_smoothing: float = 0.0,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        _check_architecture(hidden_sizes, dropout, num_classes)
-        self.save_hyperparameters()
-        c, h, w = image_shape
-        self.net = MLP(c * h * w, list(hidden_sizes), num_classes, batch_norm, dropout, activation)
+        if num_classes < 2:
+            raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
+        if not 0 <= label_smoothing < 1:
+            raise CifarlitError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1).")
+        self.save_hyperparameters(ignore=["net"] if net is not None and not _is_cli_built(self) else None)
+        if net is None:
+            _check_mlp(hidden_sizes, dropout)
+            self.net = MLP(num_classes, tuple(image_shape), list(hidden_sizes), norm, dropout, activation)
+        else:
+            self.net = net(num_classes, tuple(image_shape))
+            if not isinstance(self.net, nn.Module):
+                raise CifarlitError(f"model.net built a {type(self.net).__name__}, not a torch.nn.Module.")
         if compile:
             # Kept out of the module tree (plain attribute) so state_dict and checkpoints keep only `net.*`;
             # the compiled wrapper shares self.net's parameters.
@@ -110,13 +100,34 @@ class LitMLP(L.LightningModule):
             }
         )
 
+    @property
+    def head_name(self) -> str:
+        """The network's classifier layer (re-created by ``init_from`` when the class count changes)."""
+        return getattr(self.net, "head_name", "head")
+
+    @property
+    def backbone(self) -> nn.Module:
+        """Everything but the head, for Lightning's ``BackboneFinetuning`` callback (train the head first)."""
+        return nn.ModuleList(_without(self.net, self.net.get_submodule(self.head_name)))
+
+    def setup(self, stage: str) -> None:
+        # A resumed fit restores its own weights afterwards, so init_from only matters for a fresh start.
+        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
+            from cifarlit.transfer import load_into
+
+            report = load_into(self.net, Path(self.hparams.init_from), self.head_name)
+            self.init_report = report
+            if self.trainer.is_global_zero:
+                print(f"init_from {self.hparams.init_from}: {report}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled_net(x) if self.hparams.compile else self.net(x)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{stage}_acc"].update(logits.detach(), y)
         return loss
@@ -170,20 +181,61 @@ class LitMLP(L.LightningModule):
             set_rng_states(checkpoint["cifarlit_rng_states"])
 
     def configure_optimizers(self):
+        # Only trainable parameters: BackboneFinetuning adds the frozen backbone as its own group later.
+        params = [p for p in self.parameters() if p.requires_grad]
         try:
-            optimizer = self.optimizer(self.parameters())
+            optimizer = self.optimizer(params)
         except ValueError as err:  # torch's own check, e.g. "Invalid learning rate: -0.1"
             raise CifarlitError(f"model.optimizer: {err}; use values the optimizer accepts (lr >= 0).") from None
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
+        scheduler = self.lr_scheduler(optimizer, **self._total_steps())
         config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
+    def _total_steps(self) -> dict:
+        """``total_steps`` for schedules that need the run's length, when the config leaves it unset."""
+        given = getattr(self.lr_scheduler, "keywords", {})
+        cls = _target_class(self.lr_scheduler)
+        if cls is None or "total_steps" not in inspect.signature(cls).parameters:
+            return {}
+        if given.get("total_steps") is not None or given.get("epochs") is not None:
+            return {}
+        if self.hparams.scheduler_interval == "step":
+            return {"total_steps": int(self.trainer.estimated_stepping_batches)}
+        return {"total_steps": int(self.trainer.max_epochs)}
 
-def _check_architecture(hidden_sizes, dropout, num_classes) -> None:
+
+def _target_class(factory) -> type | None:
+    """The class a config callable builds: a class, ``partial(cls, ...)`` or jsonargparse's
+    ``partial(instantiate, instantiator, cls, ...)``."""
+    for candidate in (factory, getattr(factory, "func", None), *getattr(factory, "args", ())[-1:]):
+        if inspect.isclass(candidate):
+            return candidate
+    return None
+
+
+def _is_cli_built(module: L.LightningModule) -> bool:
+    """True while LightningCLI instantiates the module (hparams then hold the config, not live objects)."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
+
+
+def _without(module: nn.Module, head: nn.Module) -> list[nn.Module]:
+    """The children of ``module`` that do not hold ``head``, descending into those that do."""
+    parts = []
+    for child in module.children():
+        if child is head:
+            continue
+        holds_head = any(m is head for m in child.modules())
+        parts += _without(child, head) if holds_head else [child]
+    return parts
+
+
+def _check_mlp(hidden_sizes, dropout) -> None:
     bad = [s for s in hidden_sizes if s < 1]
     if bad:
         raise CifarlitError(f"model.hidden_sizes={list(hidden_sizes)} has width {bad[0]}: every layer needs >= 1 unit.")
@@ -196,8 +248,6 @@ def _check_architecture(hidden_sizes, dropout, num_classes) -> None:
     for p in drops:
         if not 0 <= p < 1:
             raise CifarlitError(f"model.dropout={dropout} is not valid: each probability must be in [0, 1).")
-    if num_classes < 2:
-        raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
 
 
 def rng_states() -> dict:

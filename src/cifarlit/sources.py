@@ -56,6 +56,17 @@ class RawData:
     fingerprint: str  # identifies the files the arrays came from
 
 
+def select_classes(raw: RawData, keep: tuple[str, ...]) -> RawData:
+    """Only the images of ``keep``, relabelled ``0..len(keep)-1`` in that order."""
+    new_label = np.full(len(raw.classes), -1, dtype=np.int64)
+    new_label[[raw.classes.index(c) for c in keep]] = np.arange(len(keep))
+    train, test = new_label[raw.train_y] >= 0, new_label[raw.test_y] >= 0
+    return RawData(
+        raw.train_x[train], new_label[raw.train_y[train]], raw.test_x[test], new_label[raw.test_y[test]],
+        tuple(keep), f"{raw.fingerprint}-{'+'.join(keep)}",
+    )  # fmt: skip
+
+
 def detect_format(root: Path) -> str | None:
     """Return ``"pickle"``, ``"archive"``, ``"folder"`` or ``None`` for what ``root`` holds."""
     if (root / PICKLE_DIR).is_dir():

@@ -1,0 +1,200 @@
+"""The networks: plain ``nn.Module`` classes that ``LitMLP`` trains, chosen in the config with ``model.net``.
+
+Every network is built as ``Net(num_classes, image_shape, **init_args)``: the LightningModule supplies the first
+two (from the data), the config the rest. Each names its classifier head (``head_name``) so transfer learning
+knows which tensors to re-create when the number of classes changes, and everything else is the backbone.
+
+>>> SmallCNN(10, (3, 32, 32))(torch.zeros(2, 3, 32, 32)).shape
+torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
+NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
+class MLP(nn.Module):
+    """Flatten, then ``Linear -> [norm] -> activation -> [Dropout]`` per hidden layer, then a linear head.
+
+    Flattening lives here, not in the data, so CNNs receive ``(B, C, H, W)`` from the same pipeline.
+
+    Args:
+        num_classes: output classes.
+        image_shape: ``(C, H, W)`` of the inputs.
+        hidden_sizes: width of each hidden layer; ``[]`` gives a linear model. The lecture's net is [100, 100].
+        norm: ``batch`` (BatchNorm1d), ``layer`` (LayerNorm) or ``none`` after each hidden linear layer.
+        dropout: dropout after each hidden layer: one probability for all, or one per layer.
+        activation: one of relu, gelu, silu, tanh, leaky_relu.
+
+    >>> MLP(10, (3, 32, 32), [100, 100])(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    head_name = "head"
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        hidden_sizes: list[int] = [100, 100],  # noqa: B006 -- jsonargparse reads the default from the signature
+        norm: Literal["none", "batch", "layer"] = "none",
+        dropout: float | list[float] = 0.0,
+        activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu",
+    ) -> None:
+        super().__init__()
+        drops = dropout if isinstance(dropout, list) else [dropout] * len(hidden_sizes)
+        c, h, w = image_shape
+        layers: list[nn.Module] = [nn.Flatten()]  # (B, 3, 32, 32) -> (B, 3072)
+        width = c * h * w
+        for size, p in zip(hidden_sizes, drops, strict=True):
+            layers.append(nn.Linear(width, size, bias=norm != "batch"))  # BN's shift makes the bias redundant
+            if norm != "none":
+                layers.append(NORMS[norm](size))
+            layers.append(ACTIVATIONS[activation]())
+            if p > 0:
+                layers.append(nn.Dropout(p))
+            width = size
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(x))
+
+
+def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    # No conv bias: the BatchNorm that follows has its own shift.
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Module):
+    """A few ``(conv3x3-BN-ReLU) x convs_per_stage -> 2x2 max-pool`` stages, global max-pool, linear head.
+
+    With the default widths [32, 64, 128] a 32x32 image becomes 4x4x128 before pooling; about 10 M
+    multiply-adds per image, ~45 s per 45,000-image epoch on 2 CPU cores with channels_last.
+
+    Args:
+        num_classes: output classes.
+        image_shape: ``(C, H, W)`` of the inputs (any H, W: the global pool makes the head size-independent).
+        widths: channels of each stage; each stage halves the resolution.
+        convs_per_stage: conv-BN-ReLU layers per stage (2 is ~3x the compute of 1).
+        dropout: dropout before the head.
+    """
+
+    head_name = "head"
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        widths: list[int] = [32, 64, 128],  # noqa: B006
+        convs_per_stage: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = image_shape[0]
+        for width in widths:
+            for i in range(convs_per_stage):
+                layers += conv_bn(c_in if i == 0 else width, width)
+            layers.append(nn.MaxPool2d(2))
+            c_in = width
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]  # (B, C, h, w) -> (B, C)
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, num_classes)
+        # channels_last is ~25% faster for these convs on CPU (oneDNN) and the layout tensor cores want.
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
+
+
+class TorchvisionNet(nn.Module):
+    """Any torchvision classification model by name (``resnet18``, ``mobilenet_v3_small``, ...).
+
+    Args:
+        num_classes: output classes; the model's classifier is built with this many outputs.
+        image_shape: ``(C, H, W)`` of the inputs.
+        name: a function name in ``torchvision.models``, e.g. ``resnet18``.
+        small_input: for ResNets, swap the 7x7 stride-2 stem and its max-pool for a 3x3 stride-1 conv, the usual
+            adaptation to 32x32 images (ImageNet's stem would shrink them to 8x8 before the first block).
+        weights: torchvision pretrained weights, e.g. ``IMAGENET1K_V1`` (needs internet, or torchvision's cache).
+            Offline, download the file elsewhere and pass it with ``model.init_from`` instead.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        name: str = "resnet18",
+        small_input: bool = True,
+        weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        import torchvision
+
+        from cifarlit.errors import CifarlitError
+
+        if name not in torchvision.models.list_models(torchvision.models):
+            raise CifarlitError(
+                f"model.net.init_args.name={name!r} is not a torchvision classification model; valid names "
+                f"include resnet18, resnet50, mobilenet_v3_small (see torchvision.models.list_models())."
+            )
+        builder = torchvision.models.get_model_builder(name)
+        if weights:
+            model = _pretrained(name, builder, weights)
+            head_name = _head_name(model)
+            old = model.get_submodule(head_name)
+            if old.out_features != num_classes:
+                _set_submodule(model, head_name, nn.Linear(old.in_features, num_classes))
+        else:
+            model = builder(num_classes=num_classes)
+        if image_shape[0] != 3:
+            raise CifarlitError(f"model.net: {name} expects 3-channel images, the data has {image_shape[0]}.")
+        if small_input and hasattr(model, "conv1") and hasattr(model, "maxpool"):
+            model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+            model.maxpool = nn.Identity()
+        self.model = model
+        self.head_name = "model." + _head_name(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _pretrained(name: str, builder, weights: str) -> nn.Module:
+    import torchvision
+
+    from cifarlit.errors import CifarlitError
+
+    try:
+        enum = torchvision.models.get_model_weights(name)[weights]
+    except KeyError:
+        valid = [w.name for w in torchvision.models.get_model_weights(name)]
+        raise CifarlitError(
+            f"model.net.init_args.weights={weights!r} is not valid for {name}; use one of {valid}."
+        ) from None
+    try:
+        return builder(weights=enum)
+    except OSError as err:  # URLError is an OSError: no internet
+        raise CifarlitError(
+            f"cannot download torchvision's {name} {weights} weights ({err}). Offline, fetch {enum.url} on a "
+            f"machine with internet, copy the file here and pass it with --model.init_from <file> "
+            f"(leave weights unset)."
+        ) from None
+
+
+def _head_name(model: nn.Module) -> str:
+    """The last ``nn.Linear`` in a torchvision model is its classifier (``fc``, ``classifier.3``, ``heads.head``)."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

@@ -1,0 +1,101 @@
+"""``model.init_from``: start a network from another run's weights, re-creating the head when classes differ.
+
+The file may be a cifarlit/Lightning checkpoint (its ``state_dict`` has ``net.`` prefixes) or a plain
+``state_dict`` saved with ``torch.save`` (e.g. torchvision's downloaded weights). Only the classifier head may
+differ in shape; any other difference means a different architecture and is an error, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cifarlit.errors import CifarlitError
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)  # the head: its shape depends on the class count
+    skipped: list[str] = field(default_factory=list)  # tensors in the file that were not used
+
+    def __str__(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        if self.reinitialised:
+            parts.append(f"re-initialised {', '.join(self.reinitialised)}")
+        if self.skipped:
+            parts.append(f"skipped {', '.join(self.skipped)} from the file")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The network's tensors from a checkpoint or a ``state_dict`` file, with the LightningModule's ``net.`` removed."""
+    if not path.is_file():
+        raise CifarlitError(
+            f"model.init_from={path} does not exist; pass a .ckpt from an earlier run or a weights file."
+        )
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # e.g. a checkpoint whose hparams hold Python objects; the user chose it
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for damaged or foreign files
+        raise CifarlitError(
+            f"model.init_from={path} cannot be read as PyTorch weights ({err.__class__.__name__}); pass a .ckpt or "
+            "a file written by torch.save(model.state_dict())."
+        ) from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CifarlitError(f"model.init_from={path} holds no state_dict of tensors.")
+    if any(k.startswith("net.") for k in state):
+        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
+def load_into(net: nn.Module, path: Path, head_name: str) -> LoadReport:
+    """Copy ``path``'s tensors into ``net``; re-create the head when its shape differs. Returns what was done."""
+    source = read_state_dict(path)
+    target = net.state_dict()
+    source = _align_prefix(source, target)
+    in_head = lambda key: key.startswith(head_name + ".")  # noqa: E731
+    report = LoadReport()
+    mismatched = [k for k in target if k in source and source[k].shape != target[k].shape]
+    missing = [k for k in target if k not in source]
+    unexpected = [k for k in source if k not in target]
+    bad = [k for k in mismatched + missing + unexpected if not in_head(k)]
+    if bad:
+        detail = "; ".join(
+            f"{k}: {tuple(source[k].shape)} in the file vs {tuple(target[k].shape)} here"
+            if k in mismatched
+            else f"{k}: {'not in the file' if k in missing else 'not in this network'}"
+            for k in bad[:4]
+        )
+        raise CifarlitError(
+            f"model.init_from={path} does not fit this network outside its head '{head_name}' ({len(bad)} tensors, "
+            f"{detail}); use the same model.net (and init_args) as the run that wrote it."
+        )
+    head_differs = any(in_head(k) for k in mismatched + missing)
+    for key in target:
+        if in_head(key) and head_differs:
+            report.reinitialised.append(key)  # keeps the freshly initialised head of the new class count
+        else:
+            target[key] = source[key]
+            report.loaded.append(key)
+    report.skipped = [k for k in source if k not in report.loaded]
+    net.load_state_dict(target)
+    return report
+
+
+def _align_prefix(source: dict, target: dict) -> dict:
+    """Match a torchvision file (``conv1.weight``) to a wrapped network (``model.conv1.weight``) or vice versa."""
+    if set(source) & set(target):
+        return source
+    for prefix in {k.split(".", 1)[0] + "." for k in target}:
+        added = {prefix + k: v for k, v in source.items()}
+        if set(added) & set(target):
+            return added
+    return source
