@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if not p.name.endswith("_space.yaml"))
 
 
 def config_args(config: Path) -> list[str]:

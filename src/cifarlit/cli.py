@@ -156,21 +156,35 @@ def resume_into_same_run(config, ckpt: str) -> None:
         )
 
 
+def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI:
+    return CifarCLI(
+        LitMLP,
+        CIFAR10DataModule,
+        trainer_class=CifarTrainer,
+        save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
+        trainer_defaults={"callbacks": callbacks} if callbacks else None,  # added to the config's callbacks
+        args=args,
+    )
+
+
+def run_fit(args: list[str], extra_callbacks: list | None = None) -> CifarCLI:
+    """``cifarlit fit ARGS`` in this process, with callbacks that cannot come from YAML (e.g. Optuna's pruner)."""
+    return build_cli(["fit", *args], extra_callbacks)
+
+
 def cli_main(args: list[str] | None = None) -> CifarCLI | None:
     """Entry point; user mistakes end in one sentence on stderr and exit status 2, not a traceback."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["compare"]:  # reads finished runs: needs no model, data or trainer
-        from cifarlit.compare import main
-
-        sys.exit(main(argv[1:]))
     try:
-        return CifarCLI(
-            LitMLP,
-            CIFAR10DataModule,
-            trainer_class=CifarTrainer,
-            save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
-            args=args,
-        )
+        if argv[:1] == ["compare"]:  # reads finished runs: needs no model, data or trainer
+            from cifarlit.compare import main
+
+            sys.exit(main(argv[1:]))
+        if argv[:1] == ["tune"]:  # many fits under an Optuna study
+            from cifarlit.tune import main
+
+            sys.exit(main(argv[1:]))
+        return build_cli(args)
     except CifarlitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,151 @@
+"""``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning and a resumable SQLite store.
+
+Every trial is an ordinary ``fit`` with the given configs plus the sampled overrides (``--key value``), logged to
+``lightning_logs/tune_<study>/trial_<n>``. Optuna's Lightning callback reports the monitored metric after each
+validation and stops trials that fall below the median of earlier ones at the same epoch. The study lives in the
+``--storage`` database, so an interrupted search resumes where it stopped and ``optuna-dashboard <storage>``
+shows it. Trials never touch the test split (``--test_after_fit false``): the test set is for the final model.
+
+Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml``)::
+
+    model.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    model.hidden_sizes: {type: categorical, choices: ["[256]", "[1024, 1024]"]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from cifarlit.errors import CifarlitError
+
+KINDS = ("float", "int", "categorical")
+
+
+def load_space(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        raise CifarlitError(
+            f"--space {path} does not exist; pass a YAML search space such as configs/tune/mlp_space.yaml."
+        )
+    space = yaml.safe_load(path.read_text()) or {}
+    for key, spec in space.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in KINDS:
+            raise CifarlitError(f"--space {path}: '{key}' has type {kind!r}; use one of {', '.join(KINDS)}.")
+        needed = ("choices",) if kind == "categorical" else ("low", "high")
+        if any(n not in spec for n in needed):
+            raise CifarlitError(f"--space {path}: '{key}' ({kind}) needs {' and '.join(needed)}.")
+    if not space:
+        raise CifarlitError(f"--space {path} defines no options to search.")
+    return space
+
+
+def suggest(trial, space: dict[str, dict]) -> dict[str, object]:
+    values = {}
+    for key, spec in space.items():
+        if spec["type"] == "categorical":
+            values[key] = trial.suggest_categorical(key, spec["choices"])
+        elif spec["type"] == "int":
+            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False))
+        else:
+            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
+    return values
+
+
+def as_args(values: dict[str, object]) -> list[str]:
+    # Strings go as typed ("[1024, 1024]" is parsed by the CLI); numbers/bools/None in YAML spelling.
+    text = {k: v if isinstance(v, str) else yaml.safe_dump(v).strip().removesuffix("\n...") for k, v in values.items()}
+    return [arg for key, value in text.items() for arg in (f"--{key}", value)]
+
+
+def nested(values: dict[str, object]) -> dict:
+    """``{"model.optimizer.init_args.lr": 0.01}`` -> ``{"model": {"optimizer": {"init_args": {"lr": 0.01}}}}``."""
+    tree: dict = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if isinstance(value, str) and value.startswith("[") else value
+    return tree
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cifarlit tune",
+        description="Optuna search over `cifarlit fit` runs. Arguments not listed here go to `fit` "
+        "(e.g. -c configs/default.yaml -c configs/debug/subset.yaml --data.data_dir data).",
+    )
+    parser.add_argument("--space", type=Path, required=True, help="YAML search space, see configs/tune/mlp_space.yaml")
+    parser.add_argument("--n_trials", type=int, default=20, help="trials to run in this call (a resume adds more)")
+    parser.add_argument("--study_name", default="cifarlit")
+    parser.add_argument("--storage", default=None, help="default: sqlite:///lightning_logs/tune_<study>.db")
+    parser.add_argument("--metric", default="val/acc", help="validation metric to optimize")
+    parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
+    parser.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    parser.add_argument("--warmup_epochs", type=int, default=2, help="epochs before a trial may be pruned")
+    parser.add_argument("--startup_trials", type=int, default=3, help="complete trials before pruning starts")
+    args, fit_args = parser.parse_known_args(argv)
+    if args.n_trials < 1:
+        raise CifarlitError(f"--n_trials={args.n_trials} is not valid: run at least 1 trial.")
+    space = load_space(args.space)
+
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    storage = args.storage or f"sqlite:///lightning_logs/tune_{args.study_name}.db"
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=args.study_name,
+        storage=storage,
+        direction=args.direction,
+        load_if_exists=True,  # the same command resumes an interrupted search
+        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        from cifarlit.cli import run_fit
+
+        values = suggest(trial, space)
+        pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
+        run_args = [
+            *fit_args, *as_args(values), "--test_after_fit", "false",
+            "--trainer.logger.init_args.name", f"tune_{args.study_name}",
+            "--trainer.logger.init_args.version", f"trial_{trial.number}",
+        ]  # fmt: skip
+        cli = run_fit(run_args, extra_callbacks=[pruning])
+        pruning.check_pruned()
+        reported = list(trial.storage.get_trial(trial._trial_id).intermediate_values.values())
+        if not reported:
+            raise CifarlitError(f"no {args.metric} was logged; check --metric against the logged names.")
+        if cli.trainer.interrupted:
+            raise KeyboardInterrupt
+        return max(reported) if args.direction == "maximize" else min(reported)
+
+    study.optimize(objective, n_trials=args.n_trials, catch=())
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    print(f"\nstudy {args.study_name} in {storage}: {len(finished)} complete, {len(pruned)} pruned trials")
+    if not finished:
+        return 1
+    best = study.best_trial
+    best_file = Path("lightning_logs") / f"tune_{args.study_name}" / "best.yaml"
+    best_file.parent.mkdir(parents=True, exist_ok=True)
+    best_file.write_text(
+        f"# best of study {args.study_name}: {args.metric} {best.value:.4f} (trial {best.number})\n"
+        + yaml.safe_dump(nested(best.params), sort_keys=False)
+    )
+    print(f"best {args.metric} {best.value:.4f} (trial {best.number}):")
+    for key, value in best.params.items():
+        print(f"  {key}: {value}")
+    print(f"written to {best_file}; train it on all data with your full config plus `-c {best_file}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,67 @@
+"""`cifarlit tune`: an Optuna study over fit runs, end to end on fixture data (pruning, SQLite resume, best.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from helpers import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = str(REPO / "configs" / "default.yaml")
+
+
+def tune(tmp_path, pickle_root, *extra: str):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            "tune", "--space", str(tmp_path / "space.yaml"), "--study_name", "t",
+            "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--startup_trials", "1", "--warmup_epochs", "0",
+            "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--trainer.max_epochs", "3", *extra,
+        )  # fmt: skip
+    return exit_info.value.code
+
+
+def test_study_prunes_resumes_and_writes_the_best_settings(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(
+        "model.optimizer.init_args.lr: {type: categorical, choices: [0.01, 0.0]}\n"
+        "model.hidden_sizes: {type: categorical, choices: ['[32]', '[64]']}\n"
+    )
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
+    study.enqueue_trial({"model.optimizer.init_args.lr": 0.01, "model.hidden_sizes": "[32]"})
+    study.enqueue_trial({"model.optimizer.init_args.lr": 0.0, "model.hidden_sizes": "[64]"})  # learns nothing
+
+    assert tune(tmp_path, pickle_root, "--n_trials", "2") == 0
+    trials = optuna.load_study(study_name="t", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert trials[0].value > 0.3  # best val/acc of a learning run on 10 classes
+    assert (tmp_path / "lightning_logs" / "tune_t" / "trial_0" / "hparams.yaml").is_file()
+    assert not list((tmp_path / "lightning_logs").rglob("events*test*"))  # trials never touch the test split
+
+    best = yaml.safe_load((tmp_path / "lightning_logs" / "tune_t" / "best.yaml").read_text())
+    assert best == {"model": {"optimizer": {"init_args": {"lr": 0.01}}, "hidden_sizes": [32]}}
+    assert "1 complete, 1 pruned" in capsys.readouterr().out
+
+    assert tune(tmp_path, pickle_root, "--n_trials", "1") == 0  # the same command resumes the study
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
+
+
+@pytest.mark.parametrize(
+    ("space", "match"),
+    [
+        ("model.dropout: {type: uniform, low: 0, high: 1}", r"'model.dropout' has type 'uniform'"),
+        ("model.dropout: {type: float, low: 0}", r"'model.dropout' \(float\) needs low and high"),
+        ("", r"defines no options"),
+    ],
+)
+def test_bad_search_space_is_a_clear_error(pickle_root, tmp_path, monkeypatch, capsys, space, match):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(space)
+    assert tune(tmp_path, pickle_root) == 2
+    assert re.search(match, capsys.readouterr().err)
