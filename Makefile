@@ -8,7 +8,7 @@ DATA_ARG := $(if $(DATA_DIR),--data.data_dir $(DATA_DIR),)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all test-slow bench tensorboard lint clean experiments
+.PHONY: help venv train test test-all test-slow bench tensorboard lint clean experiments tune transfer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,3 +55,17 @@ experiments: venv  ## run every lesson in configs/experiments/ on DATA_DIR (~40 
 	  $(PY) -m cifarlit fit $$cmd $(DATA_ARG) 2>&1 | grep -v "━" | tail -4 || exit 1; \
 	done
 	$(PY) -m cifarlit compare $(foreach l,$(LESSONS),'lightning_logs/$(l)/version_*') --output docs/experiments.png --table docs/experiments.md
+
+TRANSFER := configs/experiments/transfer
+transfer: venv  ## transfer learning: pretrain a CNN on classes 0-4, then 10% of 5-9 fine-tuned vs from scratch (~10 min)
+	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/pretrain.yaml $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
+	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/scratch.yaml $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
+	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/scratch.yaml -c $(TRANSFER)/finetune.yaml \
+	  $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
+	$(PY) -m cifarlit compare 'lightning_logs/transfer_*/version_*' --output docs/transfer.png --table docs/transfer.md
+
+TRIALS ?= 12
+tune: venv  ## Optuna search of configs/tune/mlp_space.yaml on the 10% subset (TRIALS=12), resumable
+	$(PY) -m cifarlit tune --space configs/tune/mlp_space.yaml --study_name mlp --n_trials $(TRIALS) \
+	  -c configs/default.yaml -c configs/experiments/best_mlp.yaml -c configs/tune/mlp_subset.yaml $(DATA_ARG) \
+	  2>&1 | grep -v "━"
