@@ -172,3 +172,20 @@ def test_no_network_fails_fast_with_what_to_put_where(tmp_path, monkeypatch):
     with pytest.raises(sources.DataError, match="cannot be reached.*cifar-10-batches-py.*ROOT/train/<class>"):
         sources.ensure_available(tmp_path / "empty", download=True)
     assert not (tmp_path / "empty").exists()  # nothing half-made left behind
+
+
+def test_ema_of_weights_from_the_command_line(pickle_root, tmp_path, monkeypatch):
+    import torch
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        "fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root),
+        "--trainer.max_epochs", "2", "--test_after_fit", "false",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay", "0.9",
+    )  # fmt: skip
+    (ema,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, EMAWeightAveraging)]
+    averaged = dict(ema._average_model.module.named_parameters())
+    for name, param in cli.model.named_parameters():  # training ends with the averaged weights in the model
+        torch.testing.assert_close(param, averaged[name])
+    assert cli.trainer.callback_metrics["val/acc"] > 0.3
