@@ -189,3 +189,32 @@ def test_ema_of_weights_from_the_command_line(pickle_root, tmp_path, monkeypatch
     for name, param in cli.model.named_parameters():  # training ends with the averaged weights in the model
         torch.testing.assert_close(param, averaged[name])
     assert cli.trainer.callback_metrics["val/acc"] > 0.3
+
+
+def test_nesterov_sgd_and_gradient_clipping_from_the_command_line(pickle_root, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+
+    def fit(*extra):
+        return run_cli(
+            "fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root),
+            "--trainer.fast_dev_run", "1", "--model.optimizer", "torch.optim.SGD",
+            "--model.optimizer.init_args.lr", "1.0", "--model.optimizer.init_args.momentum", "0.9",
+            "--model.optimizer.init_args.nesterov", "true", *extra,
+        )  # fmt: skip
+
+    import lightning as L
+
+    from cifarlit.model import LitMLP
+
+    L.seed_everything(42)
+    before = LitMLP().state_dict()  # seed_everything: 42 in the config makes every run start from these
+    clipped = fit("--trainer.gradient_clip_val", "1e-6")
+    (optimizer,) = clipped.trainer.optimizers
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"] is True
+    step = torch.cat([(p - before[k]).flatten() for k, p in clipped.model.state_dict().items() if "weight" in k])
+    assert step.norm() <= 2e-6  # one SGD step of lr 1 moves the weights by at most the clipped gradient norm
+    free = fit()
+    step = torch.cat([(p - before[k]).flatten() for k, p in free.model.state_dict().items() if "weight" in k])
+    assert step.norm() > 1e-3
