@@ -65,6 +65,31 @@ def write_image_folder(
     return root
 
 
+# Your own images: each class in another size, mode and format (width x height).
+MIXED = {"cat": ((20, 20), "L", "png"), "dog": ((40, 48), "RGB", "jpg"), "fish": ((32, 32), "RGBA", "png")}
+
+
+def write_mixed_image(image: np.ndarray, label: int, path_stem: Path) -> Path:
+    """Save a 48x48 RGB ``image`` the way its class's files look in :data:`MIXED`; returns the file."""
+    (width, height), mode, ext = MIXED[list(MIXED)[label]]
+    path = path_stem.with_name(f"{path_stem.name}.{ext}")
+    Image.fromarray(image).convert(mode).resize((width, height)).save(path)
+    return path
+
+
+def write_mixed_folder(root: Path, per_class_train: int = 20, per_class_test: int = 4) -> Path:
+    """``root/train/<class>/*`` (+ ``root/test`` unless ``per_class_test`` is 0) of the 3 :data:`MIXED` classes."""
+    for split, per_class, seed in (("train", per_class_train, 5), ("test", per_class_test, 6)):
+        if per_class == 0:
+            continue
+        y = np.repeat(np.arange(len(MIXED)), per_class)
+        for i, (image, label) in enumerate(zip(make_images(y, seed=seed, size=48), y, strict=True)):
+            folder = root / split / list(MIXED)[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            write_mixed_image(image, label, folder / f"{i:04d}")
+    return root
+
+
 @pytest.fixture(scope="session")
 def pickle_root(tmp_path_factory) -> Path:
     return write_pickle_cifar(tmp_path_factory.mktemp("pickle"))
@@ -94,3 +119,34 @@ def real_cifar(tmp_path_factory) -> Path:
     with tarfile.open(SHARED_ARCHIVE) as tar:
         tar.extractall(root, filter="data")
     return root / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def own_run(tmp_path_factory):
+    """`cifarlit fit` (then test) on a 3-class mixed folder; afterwards the training data is moved away.
+
+    Returns a namespace: ``ckpt`` (the best checkpoint), ``run_dir``, ``data`` (where the folder now is),
+    ``gone`` (where it was trained from, now absent), ``cli`` (the fit's LightningCLI).
+    """
+    from types import SimpleNamespace
+
+    from helpers import run_cli
+
+    base = tmp_path_factory.mktemp("own")
+    trained_from = write_mixed_folder(base / "images")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        cli = run_cli(
+            "fit", "-c", str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"),
+            "--data.data_dir", str(trained_from), "--trainer.max_epochs", "5",
+            "--trainer.logger.init_args.save_dir", str(base / "lightning_logs"),
+            "--trainer.logger.init_args.name", "own",
+        )  # fmt: skip
+    moved = shutil.move(trained_from, base / "moved")
+    return SimpleNamespace(
+        ckpt=Path(cli.trainer.checkpoint_callback.best_model_path),
+        run_dir=Path(cli.trainer.log_dir),
+        data=Path(moved),
+        gone=trained_from,
+        cli=cli,
+    )

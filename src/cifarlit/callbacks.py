@@ -1,6 +1,8 @@
-"""Callbacks that give the debug ladder an honest verdict."""
+"""Callbacks: the debug ladder's verdict, what a run depends on, and the per-class test report."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +101,6 @@ class RunInfo(Callback):
         import json
         import platform
         from importlib.metadata import PackageNotFoundError, version
-        from pathlib import Path
 
         packages = {}
         for name in (
@@ -120,6 +121,9 @@ class RunInfo(Callback):
             "split_fingerprint": getattr(dm, "split_fingerprint", None),
             "train_size": len(dm.train_set) if hasattr(dm, "train_set") else None,
             "val_size": len(dm.val_set) if hasattr(dm, "val_set") else None,
+            "test_size": len(dm.test_set) if hasattr(dm, "test_set") else None,
+            "test_carved_from_train": getattr(dm, "test_idx", None) is not None,
+            "classes": list(dm.classes) if hasattr(dm, "classes") else None,
             "data_dir": str(getattr(dm, "data_dir", "")),
             "python": platform.python_version(),
             "packages": packages,
@@ -127,3 +131,111 @@ class RunInfo(Callback):
         path = Path(log_dir) / "run_info.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+class PerClassReport(Callback):
+    """After testing: accuracy per class and the confusion matrix, with the data's class names.
+
+    Logs ``test/acc_<class>`` and a ``test/confusion_matrix`` figure (TensorBoard), and writes
+    ``confusion_matrix.csv`` (rows: true class, columns: predicted) and ``per_class_accuracy.csv`` into the
+    run directory. The CLI adds it to every ``fit`` and ``test``.
+    """
+
+    def __init__(self) -> None:
+        self.matrix: torch.Tensor | None = None
+        self._hook = None
+        self._logits: torch.Tensor | None = None
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.matrix = None
+        # The logits of test_step's own forward pass, caught on their way out, so test_step stays as it is: a
+        # second forward pass cost ~0.6 s per CIFAR-10 test run (10,000 images, ~2 s) on this 2-core CPU; the
+        # hook and the counting cost ~25 ms.
+        self._hook = pl_module.register_forward_hook(self._catch)
+
+    def _catch(self, module, inputs, output) -> None:
+        self._logits = output
+
+    @torch.no_grad()
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        x, y = batch
+        logits = self._logits if self._logits is not None else pl_module(x)
+        self._logits = None
+        k = logits.shape[1]
+        counts = torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)  # (true, predicted)
+        self.matrix = counts if self.matrix is None else self.matrix + counts
+
+    def _unhook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook, self._logits = None, None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._unhook()  # also after a failed test run
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._unhook()
+        if self.matrix is None:
+            return
+        matrix = trainer.strategy.reduce(self.matrix, reduce_op="sum").cpu()  # every rank's shard of the test set
+        dm = trainer.datamodule
+        classes = tuple(dm.classes) if dm is not None and len(dm.classes) == len(matrix) else None
+        self.classes = classes or tuple(str(i) for i in range(len(matrix)))
+        self.matrix = matrix
+        support = matrix.sum(1)
+        self.accuracy = matrix.diag() / support.clamp_min(1)
+        for name, acc, n in zip(self.classes, self.accuracy.tolist(), support.tolist(), strict=True):
+            if n:  # a class without test images has no accuracy
+                pl_module.log(f"test/acc_{name}", acc)
+        log_dir = trainer.log_dir if trainer.logger is not None else None  # a collective under DDP
+        if trainer.is_global_zero and log_dir is not None:
+            self._write(Path(log_dir), trainer)
+
+    def _write(self, run_dir: Path, trainer) -> None:
+        import csv
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "confusion_matrix.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["true\\predicted", *self.classes])
+            writer.writerows([name, *row] for name, row in zip(self.classes, self.matrix.tolist(), strict=True))
+        with open(run_dir / "per_class_accuracy.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["class", "images", "correct", "accuracy"])
+            for name, n, right, acc in zip(
+                self.classes, self.matrix.sum(1).tolist(), self.matrix.diag().tolist(), self.accuracy.tolist(),
+                strict=True,
+            ):  # fmt: skip
+                writer.writerow([name, n, right, f"{acc:.4f}" if n else ""])
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if isinstance(trainer.logger, TensorBoardLogger):
+            trainer.logger.experiment.add_figure(
+                "test/confusion_matrix", confusion_figure(self.matrix, self.classes), trainer.global_step
+            )
+            trainer.logger.experiment.flush()
+        rank_zero_info(f"per-class accuracy and confusion matrix: {run_dir}")
+
+
+def confusion_figure(matrix: torch.Tensor, classes: tuple[str, ...]):
+    """A matplotlib figure of the confusion matrix, rows normalized to the true class's share, counts written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    share = (matrix / matrix.sum(1, keepdim=True).clamp_min(1)).numpy()
+    fig, ax = plt.subplots(figsize=(2 + 0.6 * k, 1.5 + 0.6 * k))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:  # beyond that the numbers are unreadable
+        for i in range(k):
+            for j in range(k):
+                color = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8, color=color)
+    fig.tight_layout()
+    return fig

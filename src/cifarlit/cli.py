@@ -12,7 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must ne
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from cifarlit.callbacks import OverfitCheck, RunInfo  # noqa: E402
+from cifarlit.callbacks import OverfitCheck, PerClassReport, RunInfo  # noqa: E402
 from cifarlit.data import CIFAR10DataModule  # noqa: E402
 from cifarlit.errors import CifarlitError  # noqa: E402
 from cifarlit.model import LitMLP  # noqa: E402
@@ -91,7 +91,10 @@ class CifarCLI(LightningCLI):
             resume_into_same_run(config, ckpt)
 
     def before_fit(self) -> None:
-        self.trainer.callbacks.append(RunInfo())
+        self.trainer.callbacks += [RunInfo(), PerClassReport()]
+
+    def before_test(self) -> None:
+        self.trainer.callbacks.append(PerClassReport())
 
     def after_fit(self) -> None:
         trainer = self.trainer

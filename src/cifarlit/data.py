@@ -86,8 +86,33 @@ def _subset_indices(labels: np.ndarray, size: int | float, seed: int, option: st
     return np.sort(keep)
 
 
+def _stratified_split(labels: np.ndarray, size: int | float, seed: int, option: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``labels`` split into (kept, held out), with ``size`` (a count or a fraction) held out."""
+    n, n_classes = len(labels), len(np.unique(labels))
+    if isinstance(size, int) and not n_classes <= size <= n - n_classes:
+        raise DataError(
+            f"{option}={size} does not fit the {n} training images: a stratified split needs "
+            f"{n_classes}..{n - n_classes} (at least one image per class on each side)."
+        )
+    try:
+        keep, held = train_test_split(np.arange(n), test_size=size, stratify=labels, random_state=seed)
+    except ValueError as err:  # e.g. a fraction that leaves fewer held-out images than classes
+        raise DataError(f"{option}={size} cannot split {n} images into {n_classes} classes: {err}") from None
+    return np.sort(keep), np.sort(held)
+
+
+def _check_split_size(size: int | float, option: str) -> None:
+    if isinstance(size, float) and not 0 < size < 1:
+        raise DataError(f"{option}={size} is not valid: use a fraction in (0, 1), e.g. 0.2, or a count.")
+    if isinstance(size, int) and size < 1:
+        raise DataError(f"{option}={size} is not valid: use a count >= 1 or a fraction in (0, 1).")
+
+
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 (or any image folder) with a stratified train/val split and the official test set held out.
+
+    An image folder without ``test/`` gets a stratified test split carved from ``train/`` (``test_size``) before
+    val is held out. Class names come from the folders and are stored in checkpoints.
 
     Args:
         data_dir: where the data lives: a folder holding ``cifar-10-batches-py`` (or the ``.tar.gz``), or an
@@ -109,6 +134,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             host-to-device copies. Needs ``num_workers: 0``; ignored on the CPU.
         keep_classes: train, validate and test on these classes only (names), relabelled 0..k-1 in this order;
             the transfer-learning experiment uses it to split CIFAR-10 into two 5-class tasks.
+        test_size: fraction or number of training images held out as the test split, stratified; used only
+            by an image folder without ``test/``.
     """
 
     def __init__(
@@ -128,6 +155,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         cache: bool = True,
         on_device: bool = False,
         keep_classes: list[str] | None = None,
+        test_size: int | float = 0.2,
     ) -> None:
         super().__init__()
         self.augment = augment or AugmentConfig()
@@ -144,17 +172,20 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         if num_workers < 0:
             raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
-        if isinstance(val_size, float) and not 0 < val_size < 1:
-            raise DataError(f"data.val_size={val_size} is not valid: use a fraction in (0, 1), e.g. 0.2, or a count.")
-        if isinstance(val_size, int) and val_size < 1:
-            raise DataError(f"data.val_size={val_size} is not valid: use a count >= 1 or a fraction in (0, 1).")
+        _check_split_size(val_size, "data.val_size")
+        _check_split_size(test_size, "data.test_size")
         self.batch_augment = BatchAugment(self.augment)
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.split_fingerprint = ""
+        self._classes: tuple[str, ...] | None = None  # the checkpoint's, once one is loaded
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """Class names, in label order: the loaded checkpoint's, else the data's (folder names or CIFAR-10's),
+        narrowed to ``keep_classes``."""
+        if self._classes is not None:
+            return self._classes
         available = sources.class_names(self.data_dir)
         keep = self.hparams.keep_classes
         if keep is None:
@@ -186,26 +217,19 @@ class CIFAR10DataModule(L.LightningDataModule):
             raw = sources.select_classes(raw, self.classes)
         seed = self.hparams.seed
         min_per_class = np.bincount(raw.train_y).min() if len(raw.train_y) else 0
-        if min_per_class < 2:
+        carve_test = len(raw.test_y) == 0  # an image folder without test/
+        if min_per_class < (3 if carve_test else 2):
             raise DataError(
                 f"the training set in {self.data_dir} has a class with {min_per_class} image(s); a stratified "
-                "train/val split needs at least 2 per class."
+                f"train/val{'/test' if carve_test else ''} split needs at least {3 if carve_test else 2} per class."
             )
-        val_size, n, n_classes = self.hparams.val_size, len(raw.train_y), len(raw.classes)
-        if isinstance(val_size, int) and not n_classes <= val_size <= n - n_classes:
-            raise DataError(
-                f"data.val_size={val_size} does not fit the {n} training images: a stratified split needs "
-                f"{n_classes}..{n - n_classes} (at least one image per class on each side)."
-            )
-        try:
-            train_idx, val_idx = train_test_split(
-                np.arange(n), test_size=val_size, stratify=raw.train_y, random_state=seed
-            )
-        except ValueError as err:  # e.g. a fraction that leaves fewer val images than classes
-            raise DataError(
-                f"data.val_size={val_size} cannot split {n} images into {n_classes} classes: {err}"
-            ) from None
-        train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+        pool = np.arange(len(raw.train_y))  # positions in raw.train_*, so indices always name dataset files
+        test_idx = None
+        if carve_test:
+            keep, held = _stratified_split(raw.train_y, self.hparams.test_size, seed, "data.test_size")
+            pool, test_idx = pool[keep], pool[held]
+        keep, held = _stratified_split(raw.train_y[pool], self.hparams.val_size, seed, "data.val_size")
+        train_idx, val_idx = pool[keep], pool[held]
         x = torch.from_numpy(raw.train_x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
         y = torch.from_numpy(raw.train_y)
         # Normalization statistics come from the training split only: val and test stay unseen.
@@ -217,20 +241,25 @@ class CIFAR10DataModule(L.LightningDataModule):
             keep = _subset_indices(raw.train_y[val_idx], self.hparams.val_subset, seed, "data.val_subset")
             val_idx = val_idx[keep]
         self.train_idx, self.val_idx = train_idx, val_idx
-        self.split_fingerprint = split_fingerprint(train_idx, val_idx, raw.fingerprint)
+        self.split_fingerprint = split_fingerprint(train_idx, val_idx, raw.fingerprint, test_idx)
         transform = None
         if self.augment.preset != "none" and self.augment.backend == "albumentations":
             transform = AlbumentationsBatch(self.augment, seed=seed)
         self.train_set = ArrayDataset(x[torch.from_numpy(train_idx)], y[torch.from_numpy(train_idx)], transform)
         self.val_set = ArrayDataset(x[torch.from_numpy(val_idx)], y[torch.from_numpy(val_idx)])
-        test_x = torch.from_numpy(raw.test_x).permute(0, 3, 1, 2).contiguous()
-        self.test_set = ArrayDataset(test_x, torch.from_numpy(raw.test_y))
+        if carve_test:
+            self.test_set = ArrayDataset(x[torch.from_numpy(test_idx)], y[torch.from_numpy(test_idx)])
+        else:
+            test_x = torch.from_numpy(raw.test_x).permute(0, 3, 1, 2).contiguous()
+            self.test_set = ArrayDataset(test_x, torch.from_numpy(raw.test_y))
+        self.test_idx = test_idx  # positions in train/ of a carved test split; None for an official one
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.hparams.on_device and device.type != "cpu":
             for ds in (self.train_set, self.val_set, self.test_set):
                 ds.x, ds.y = ds.x.to(device), ds.y.to(device)
+        carved = f" (carved from {self.data_dir / 'train'}: no test/ folder)" if carve_test else ""
         rank_zero_info(
-            f"data: {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images, "
+            f"data: {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images{carved}, "
             f"{len(raw.classes)} classes, split {self.split_fingerprint}"
         )
 
@@ -293,10 +322,24 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         # Stored in every checkpoint: predicting later must not need the training data to recompute them.
-        return {"mean": self.mean, "std": self.std, "split_fingerprint": self.split_fingerprint}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "split_fingerprint": self.split_fingerprint,
+            "classes": list(self.classes),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+        if "classes" not in state_dict:  # checkpoints from before class names were stored
+            return
+        classes = tuple(state_dict["classes"])
+        if hasattr(self, "train_set") and classes != self.classes:
+            raise DataError(
+                f"the checkpoint was trained on the classes {list(classes)}, but {self.data_dir} has "
+                f"{list(self.classes)}: test on data with the same class folders."
+            )
+        self._classes = classes
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,12 +359,17 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(mean).float(), torch.stack(std).clamp_min(1e-3).float()  # 1e-3: constant channel stays finite
 
 
-def split_fingerprint(train_idx: np.ndarray, val_idx: np.ndarray, data_fingerprint: str) -> str:
-    """A short id of which images are train and val, and of the files they came from."""
+def split_fingerprint(
+    train_idx: np.ndarray, val_idx: np.ndarray, data_fingerprint: str, test_idx: np.ndarray | None = None
+) -> str:
+    """A short id of which images are train and val (and test, when carved from train), and of their files."""
     import hashlib
 
     h = hashlib.sha1(data_fingerprint.encode())
     h.update(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes())
     h.update(b"|")
     h.update(np.ascontiguousarray(val_idx, dtype=np.int64).tobytes())
+    if test_idx is not None:
+        h.update(b"|")
+        h.update(np.ascontiguousarray(test_idx, dtype=np.int64).tobytes())
     return h.hexdigest()[:12]

@@ -229,7 +229,10 @@ def _fingerprint(entries: list[tuple]) -> str:
 
 
 def load_image_folder(root: Path, cache: bool = True) -> RawData:
-    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to RGB 32x32, cached next to the folder."""
+    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to RGB 32x32, cached next to the folder.
+
+    ``root/test`` is optional: without it the test arrays are empty and the DataModule carves a test split.
+    """
     classes = folder_classes(root)
     if not classes:
         raise DataError(f"{root / 'train'} has no class folders; lay images out as {root}/train/<class>/*.png.")
