@@ -90,6 +90,18 @@ def write_mixed_folder(root: Path, per_class_train: int = 20, per_class_test: in
     return root
 
 
+def write_unlabelled_folder(root: Path, per_class: int = 3) -> dict[str, str]:
+    """A flat folder of new images of the :data:`MIXED` classes; returns {file stem: true class}."""
+    root.mkdir(parents=True)
+    y = np.repeat(np.arange(len(MIXED)), per_class)
+    truth = {}
+    for i, (image, label) in enumerate(zip(make_images(y, seed=7, size=48), y, strict=True)):
+        stem = f"img{i:02d}"
+        write_mixed_image(image, label, root / stem)
+        truth[stem] = list(MIXED)[label]
+    return truth
+
+
 @pytest.fixture(scope="session")
 def pickle_root(tmp_path_factory) -> Path:
     return write_pickle_cifar(tmp_path_factory.mktemp("pickle"))

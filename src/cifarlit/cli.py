@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must never phone home
 
 from lightning.pytorch import Trainer  # noqa: E402
@@ -63,6 +65,48 @@ class CifarTrainer(Trainer):
                 self.logger.experiment.flush()
         return splits
 
+    def predict(
+        self,
+        model: LitMLP | None = None,
+        dataloaders=None,
+        datamodule: CIFAR10DataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output: str | None = None,
+        probabilities: bool = False,
+    ) -> list[torch.Tensor]:
+        """Predict the test split, or the images in ``--data.predict_dir``, and write them to a CSV.
+
+        Args:
+            return_predictions: ignored: the CSV needs them, so they are always kept (and returned).
+            ckpt_path: the trained checkpoint; it holds the weights, the class names and the normalization
+                statistics, so the training data need not be on disk.
+            output: the CSV to write (``id,label``; ``id`` is the file-name stem, or the index in the test
+                split). Default: ``predictions.csv`` in the run directory, or here without a logger.
+            probabilities: add a ``prob_<class>`` column per class.
+        """
+        from cifarlit.predict import write_csv
+
+        if self.world_size > 1:
+            raise CifarlitError(
+                "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
+            )
+        batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
+        probs = torch.cat([b.float().cpu() for b in batches])  # (N, num_classes), each row sums to 1
+        dm = self.datamodule
+        ids = getattr(dm, "predict_ids", None) or [str(i) for i in range(len(probs))]
+        classes = tuple(dm.classes) if dm is not None else tuple(str(i) for i in range(probs.shape[1]))
+        if len(classes) != probs.shape[1]:
+            raise CifarlitError(
+                f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
+                "use the checkpoint and data of the same training run."
+            )
+        path = Path(output) if output else Path(self.log_dir if self.logger else ".") / "predictions.csv"
+        write_csv(path, ids, probs, classes, probabilities)
+        print(f"predictions for {len(ids)} images: {path}")
+        return batches
+
 
 class CifarCLI(LightningCLI):
     """LightningCLI that links the data's class count into the model and tests the best checkpoint after fit."""
@@ -85,6 +129,11 @@ class CifarCLI(LightningCLI):
         if config is None:
             return
         ckpt = config.get("ckpt_path")
+        if self.subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
+            raise CifarlitError(
+                f"predict needs --ckpt_path with a checkpoint file written by `cifarlit fit` (got {ckpt!r}), e.g. "
+                "lightning_logs/default/version_0/checkpoints/last.ckpt."
+            )
         if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
             check_checkpoint(Path(ckpt))
         if self.subcommand == "fit" and ckpt:
@@ -95,6 +144,12 @@ class CifarCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())
+
+    def before_predict(self) -> None:
+        # The model comes from the checkpoint's own hyperparameters: the data (and so data.num_classes, linked
+        # into the config's model) may be absent or different when predicting new images.
+        ckpt = self.config.predict.ckpt_path
+        self.model = type(self.model).load_from_checkpoint(ckpt, map_location="cpu")
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -112,7 +167,10 @@ def check_checkpoint(path: Path) -> None:
     import torch
 
     if not path.is_file():
-        raise CifarlitError(f"--ckpt_path {path} does not exist; pass a .ckpt file or 'last' to resume the newest run.")
+        raise CifarlitError(
+            f"--ckpt_path {path} does not exist; pass a checkpoint file (lightning_logs/<name>/version_N/checkpoints/"
+            "*.ckpt), or 'last' to resume the newest run of a fit."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for damaged files

@@ -112,7 +112,8 @@ class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 (or any image folder) with a stratified train/val split and the official test set held out.
 
     An image folder without ``test/`` gets a stratified test split carved from ``train/`` (``test_size``) before
-    val is held out. Class names come from the folders and are stored in checkpoints.
+    val is held out. Class names come from the folders and are stored in checkpoints, so predicting a folder of
+    new images (``predict_dir``) needs only the checkpoint, not the training data.
 
     Args:
         data_dir: where the data lives: a folder holding ``cifar-10-batches-py`` (or the ``.tar.gz``), or an
@@ -136,6 +137,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             the transfer-learning experiment uses it to split CIFAR-10 into two 5-class tasks.
         test_size: fraction or number of training images held out as the test split, stratified; used only
             by an image folder without ``test/``.
+        predict_dir: a folder of unlabelled images (any size or mode, read flat) for ``cifarlit predict``;
+            ``null`` predicts the test split.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         on_device: bool = False,
         keep_classes: list[str] | None = None,
         test_size: int | float = 0.2,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.augment = augment or AugmentConfig()
@@ -202,12 +206,20 @@ class CIFAR10DataModule(L.LightningDataModule):
         """Number of classes, known before any image is decoded (LightningCLI links it into the model)."""
         return len(self.classes)
 
+    def _predicting_folder(self) -> bool:
+        return self.hparams.predict_dir is not None and self.trainer is not None and self.trainer.predicting
+
     def prepare_data(self) -> None:
+        if self._predicting_folder():  # the checkpoint holds all a prediction needs from the training data
+            return
         # Runs on one process per node: download/extract/decode-and-cache once, never racing between ranks.
         sources.ensure_available(self.data_dir, self.hparams.download)
         self._raw = sources.load(self.data_dir, cache=self.hparams.cache)  # decodes and caches image folders
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.hparams.predict_dir is not None:
+            self._setup_predict_folder()
+            return
         if hasattr(self, "train_set"):
             return
         # Rank 0 already loaded in prepare_data; other ranks (and direct setup() calls) read the cache.
@@ -263,6 +275,12 @@ class CIFAR10DataModule(L.LightningDataModule):
             f"{len(raw.classes)} classes, split {self.split_fingerprint}"
         )
 
+    def _setup_predict_folder(self) -> None:
+        x, self.predict_ids = sources.load_unlabelled_folder(Path(self.hparams.predict_dir).expanduser())
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+        self.predict_set = ArrayDataset(x, torch.arange(len(x)))  # no labels: positions stand in for them
+        rank_zero_info(f"predict: {len(x)} images from {self.hparams.predict_dir}")
+
     def _loader(self, dataset: ArrayDataset, shuffle: bool, batch_size: int) -> DataLoader:
         workers = self.hparams.num_workers
         if workers > 0:
@@ -291,7 +309,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader(self.test_set, False, self.hparams.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.hparams.predict_dir is None:
+            self.predict_ids = [str(i) for i in range(len(self.test_set))]
+            return self.test_dataloader()
+        if self.mean is None:  # restored from the checkpoint before Lightning asks for this loader
+            raise DataError(
+                "predicting data.predict_dir needs a trained model's normalization statistics: pass "
+                "--ckpt_path with a checkpoint written by `cifarlit fit`."
+            )
+        return self._loader(self.predict_set, False, self.hparams.eval_batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 ``(B, 3, H, W)`` on the device -> augmented (training only), normalized float."""

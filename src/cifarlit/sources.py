@@ -271,6 +271,37 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
     return data
 
 
+def load_unlabelled_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """Decode the images directly in ``folder`` (not in sub-folders), sorted by name, to RGB 32x32.
+
+    Returns uint8 ``(N, 32, 32, 3)`` images and their file-name stems, which become the ids of a predictions CSV.
+    """
+    option = f"data.predict_dir={str(folder)!r}"
+    if not folder.is_dir():
+        raise DataError(f"{option} is not a folder; point it at a folder of images to predict.")
+    entries = sorted(
+        (e for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")),
+        key=lambda e: e.name,
+    )
+    paths = [e.path for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    if not paths:
+        nested = any(p.is_dir() for p in folder.iterdir())
+        hint = "; images in sub-folders are not read, put them in the folder itself" if nested else ""
+        raise DataError(f"{option} has no images ({', '.join(IMAGE_EXTENSIONS)}){hint}.")
+    stems = [Path(p).stem for p in paths]
+    seen: dict[str, str] = {}
+    for path, stem in zip(paths, stems, strict=True):
+        if stem in seen:
+            raise DataError(
+                f"{seen[stem]} and {path} share the name {stem!r}, which is their id in the predictions CSV: "
+                "rename one of them."
+            )
+        seen[stem] = path
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(_decode, paths, chunksize=256))
+    return np.stack(images), stems
+
+
 def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
     if not cache_file.is_file():
         return None

@@ -1,0 +1,148 @@
+"""`cifarlit predict`: a CSV of class names for a folder of new images or the test split, from a checkpoint alone."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MIXED, write_unlabelled_folder
+from helpers import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = str(REPO / "configs" / "default.yaml")
+CLASSES = list(MIXED)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def predict(own_run, tmp_path, *args: str):
+    return run_cli(
+        "predict", "-c", DEFAULT, "--ckpt_path", str(own_run.ckpt),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "lightning_logs"), *args,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def new_images(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A flat folder of 9 unlabelled images (20x20 gray PNG, 40x48 JPEG, 32x32 RGBA PNG) and their true classes."""
+    folder = tmp_path_factory.mktemp("new") / "unlabelled"
+    return folder, write_unlabelled_folder(folder)
+
+
+def test_predict_a_folder_with_the_training_data_gone(own_run, new_images, tmp_path, monkeypatch, capsys):
+    folder, truth = new_images
+    assert not own_run.gone.exists()  # trained from there, then moved away: only the checkpoint is left
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "submission.csv"
+    predict(own_run, tmp_path, "--data.predict_dir", str(folder), "--output", str(out))
+    rows = read_rows(out)
+    assert list(rows[0]) == ["id", "label"]
+    assert [r["id"] for r in rows] == sorted(truth)  # file-name stems, in name order
+    assert {r["label"] for r in rows} <= set(CLASSES)
+    assert [r["label"] for r in rows] == [truth[r["id"]] for r in rows]  # the fixture classes are learnable
+    assert f"predictions for 9 images: {out}" in capsys.readouterr().out
+
+
+def test_probability_columns_sum_to_one_and_agree_with_the_label(own_run, new_images, tmp_path, monkeypatch):
+    folder, _ = new_images
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.csv"
+    predict(own_run, tmp_path, "--data.predict_dir", str(folder), "--output", str(out), "--probabilities", "true")
+    rows = read_rows(out)
+    assert list(rows[0]) == ["id", "label", *(f"prob_{c}" for c in CLASSES)]
+    for row in rows:
+        probs = [float(row[f"prob_{c}"]) for c in CLASSES]
+        assert sum(probs) == pytest.approx(1, abs=1e-5)
+        assert CLASSES[probs.index(max(probs))] == row["label"]
+
+
+def test_predictions_match_the_module_on_the_same_images(own_run, new_images, tmp_path, monkeypatch):
+    """The CSV's numbers are the LightningModule's, normalized with the checkpoint's statistics."""
+    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.model import LitMLP
+    from cifarlit.sources import load_unlabelled_folder
+
+    folder, _ = new_images
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.csv"
+    predict(own_run, tmp_path, "--data.predict_dir", str(folder), "--output", str(out), "--probabilities", "true")
+    module = LitMLP.load_from_checkpoint(own_run.ckpt, map_location="cpu").eval()
+    dm = CIFAR10DataModule()
+    dm.load_state_dict(torch.load(own_run.ckpt, weights_only=True)["CIFAR10DataModule"])
+    x, _ = load_unlabelled_folder(folder)
+    with torch.no_grad():
+        expected = module(dm.to_input(torch.from_numpy(x).permute(0, 3, 1, 2))).softmax(-1)
+    got = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in read_rows(out)])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_default_output_is_the_run_directory(own_run, new_images, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli = predict(own_run, tmp_path, "--data.predict_dir", str(new_images[0]))
+    path = Path(cli.trainer.log_dir) / "predictions.csv"
+    assert len(read_rows(path)) == 9
+    assert (path.parent / "config.yaml").is_file()  # next to the config that produced it
+    assert str(path) in capsys.readouterr().out
+
+
+def test_predict_the_test_split_of_an_image_folder(own_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "test.csv"
+    predict(own_run, tmp_path, "--data.data_dir", str(own_run.data), "--output", str(out))
+    rows = read_rows(out)
+    assert [r["id"] for r in rows] == [str(i) for i in range(12)]  # the index in the test split
+    # the test split is test/cat/*, test/dog/*, test/fish/*, 4 each, in that order
+    correct = sum(r["label"] == CLASSES[i // 4] for i, r in enumerate(rows))
+    acc = float(own_run.cli.trainer.callback_metrics["test/acc"])
+    assert correct == round(acc * 12)  # the same predictions as `test` scored
+
+
+# --- mistakes ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d, "is not a folder"),
+        (lambda d: d.mkdir(), "has no images"),
+        (lambda d: (d / "cat").mkdir(parents=True), "images in sub-folders are not read"),
+        (lambda d: (d.mkdir(), (d / "notes.txt").write_text("x")), "has no images (.png"),
+    ],
+    ids=["missing", "empty", "only-subfolders", "no-image-files"],
+)
+def test_bad_predict_dir_is_one_sentence(make, expected, own_run, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "new"
+    make(folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        predict(own_run, tmp_path, "--data.predict_dir", str(folder))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: data.predict_dir={str(folder)!r}" in err and expected in err
+
+
+def test_two_files_with_one_id_are_refused(own_run, new_images, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "dup"
+    shutil.copytree(new_images[0], folder)
+    shutil.copy(next(folder.glob("*.png")), folder / (next(folder.glob("*.jpg")).stem + ".png"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        predict(own_run, tmp_path, "--data.predict_dir", str(folder))
+    assert "which is their id in the predictions CSV: rename one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ckpt", [None, "last"])
+def test_predict_needs_a_checkpoint_file(ckpt, new_images, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("predict", "-c", DEFAULT, "--data.predict_dir", str(new_images[0]),
+                *(["--ckpt_path", ckpt] if ckpt else []))  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "predict needs --ckpt_path with a checkpoint file" in capsys.readouterr().err
