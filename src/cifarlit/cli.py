@@ -1,4 +1,5 @@
-"""``cifarlit`` / ``python -m cifarlit``: LightningCLI with fit / validate / test / predict / explore, plus compare."""
+"""``cifarlit`` / ``python -m cifarlit``: LightningCLI with fit / validate / test / predict / explore, plus compare
+and export."""
 
 from __future__ import annotations
 
@@ -243,6 +244,10 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
             sys.exit(main(argv[1:]))
         if argv[:1] == ["tune"]:  # many fits under an Optuna study
             from cifarlit.tune import main
+
+            sys.exit(main(argv[1:]))
+        if argv[:1] == ["export"]:  # a checkpoint in, one model file out: needs no data or trainer
+            from cifarlit.export import main
 
             sys.exit(main(argv[1:]))
         return build_cli(args)

@@ -1,0 +1,121 @@
+"""`cifarlit export --ckpt_path X --format onnx|torchscript`: a trained model as one file that needs no cifarlit.
+
+The exported model takes what image libraries hand out, uint8 ``(B, H, W, 3)`` RGB arrays (PIL, NumPy, OpenCV
+after BGR->RGB) of the training size (32x32), and returns class probabilities ``(B, num_classes)``. The
+training split's normalization is inside the model; the class names travel with it (ONNX metadata
+``classes``, TorchScript attribute ``classes``, both in label order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cifarlit.errors import CifarlitError
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class ExportedClassifier(nn.Module):
+    """uint8 ``(B, H, W, 3)`` images -> class probabilities ``(B, K)``, normalization included.
+
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, 3))
+    >>> model = ExportedClassifier(net, torch.zeros(3), torch.ones(3), ["a", "b", "c"])
+    >>> probs = model(torch.zeros(5, 2, 2, 3, dtype=torch.uint8))  # (B, H, W, 3) uint8
+    >>> probs.shape, bool(torch.allclose(probs.sum(1), torch.ones(5)))
+    (torch.Size([5, 3]), True)
+    """
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, classes: list[str]) -> None:
+        super().__init__()
+        self.net = net
+        # (x / 255 - mean) / std as one multiply-add, like the DataModule's on-device normalization.
+        self.register_buffer("scale", (1 / (255 * std)).view(1, -1, 1, 1).float())
+        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1).float())
+        self.classes = list(classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) float
+        return self.net(x * self.scale + self.shift).softmax(-1)
+
+
+def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
+    """The checkpoint's network wrapped for export, and its input shape ``(C, H, W)``."""
+    from cifarlit.cli import check_checkpoint
+    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.model import LitMLP
+
+    check_checkpoint(ckpt_path)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    data_state = ckpt.get(CIFAR10DataModule.__qualname__)  # the DataModule's state_dict(): mean, std, classes
+    if data_state is None or data_state.get("mean") is None:
+        raise CifarlitError(
+            f"--ckpt_path {ckpt_path} holds no normalization statistics; export a checkpoint written by `cifarlit fit`."
+        )
+    module = LitMLP.load_from_checkpoint(ckpt_path, map_location="cpu")
+    classes = data_state.get("classes") or [str(i) for i in range(module.hparams.num_classes)]
+    model = ExportedClassifier(module.net, data_state["mean"], data_state["std"], classes).eval()
+    return model, tuple(module.hparams.image_shape)
+
+
+def export(ckpt_path: Path, format: str, output: Path | None = None) -> Path:
+    """Write the checkpoint's model as ONNX or TorchScript; returns the file written."""
+    if format not in FORMATS:
+        raise CifarlitError(f"--format {format!r} is not supported: use one of {', '.join(FORMATS)}.")
+    model, (c, h, w) = load(ckpt_path)
+    if output is None:  # next to the checkpoint, e.g. checkpoints/last.onnx
+        output = ckpt_path.with_name(ckpt_path.name.removesuffix(".ckpt") + FORMATS[format])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, h, w, c, dtype=torch.uint8)
+    if format == "torchscript":
+        torch.jit.save(torch.jit.script(model), str(output))
+    else:
+        _export_onnx(model, example, output)
+    return output
+
+
+def _export_onnx(model: ExportedClassifier, example: torch.Tensor, output: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401 -- torch's (default) dynamo exporter needs it
+    except ImportError:
+        raise CifarlitError(
+            "--format onnx needs the onnx and onnxscript packages: pip install 'cifarlit[export]'."
+        ) from None
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["images"],
+        output_names=["probabilities"],
+        dynamic_shapes={"images": {0: torch.export.Dim("batch")}},  # any batch size; H, W, C fixed
+        dynamo=True,  # the torch.export-based exporter (torch >= 2.6); the TorchScript-based one is deprecated
+        verbose=False,
+    )
+    program.model.metadata_props["classes"] = json.dumps(model.classes)
+    program.model.metadata_props["input"] = "uint8 (batch, height, width, 3) RGB, 0..255"
+    program.save(str(output), external_data=False)  # one self-contained file
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cifarlit export",
+        description="Export a trained checkpoint to ONNX or TorchScript: uint8 (B, H, W, 3) RGB images in, "
+        "class probabilities (B, num_classes) out, normalization inside.",
+    )
+    parser.add_argument("--ckpt_path", required=True, type=Path, help="checkpoint written by `cifarlit fit`")
+    parser.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
+    parser.add_argument(
+        "--output", type=Path, help="file to write (default: next to the checkpoint, .onnx or .pt suffix)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        path = export(args.ckpt_path, args.format, args.output)
+    except CifarlitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.format} model: {path}")
+    return 0
