@@ -104,6 +104,23 @@ def test_predict_the_test_split_of_an_image_folder(own_run, tmp_path, monkeypatc
     assert correct == round(acc * 12)  # the same predictions as `test` scored
 
 
+def test_the_console_script_exits_0_after_a_successful_command(own_run, new_images, tmp_path, monkeypatch, capsys):
+    """What pip's `cifarlit` wrapper does: sys.exit(<the [project.scripts] function>())."""
+    import importlib
+    import re
+    import sys
+
+    target = re.search(r'^cifarlit = "([\w.]+):(\w+)"$', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    entry = getattr(importlib.import_module(target.group(1)), target.group(2))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cifarlit", "predict", "-c", DEFAULT, "--ckpt_path", str(own_run.ckpt),
+                                      "--data.predict_dir", str(new_images[0]), "--output", "p.csv"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(entry())
+    assert exit_info.value.code is None  # exit status 0, and nothing printed to stderr by sys.exit
+    assert "CifarCLI object" not in capsys.readouterr().err
+
+
 # --- mistakes ----------------------------------------------------------------------------------------------------
 
 

@@ -256,5 +256,11 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``cifarlit`` console script: it passes the return value to ``sys.exit``, so returning the CLI object
+    (as :func:`cli_main` does, for tests) would print its repr and end every successful command with status 1."""
     cli_main()
+
+
+if __name__ == "__main__":
+    main()
