@@ -120,9 +120,9 @@ def test_total_steps_given_in_the_config_is_kept():
 def test_docstring_examples():
     import doctest
 
-    from cifarlit import nets, schedules
+    from cifarlit import export, nets, schedules
 
-    for module in (nets, schedules):
+    for module in (nets, schedules, export):
         assert doctest.testmod(module).failed == 0
 
 
