@@ -128,3 +128,18 @@ def test_backbone_of_a_torchvision_net_excludes_only_the_head():
     head_params = {id(p) for p in model.net.model.fc.parameters()}
     assert not backbone_params & head_params
     assert len(backbone_params) + len(head_params) == len(list(model.net.parameters()))
+
+
+def test_same_head_shape_but_other_class_names_recreates_the_head(tmp_path):
+    source = LitMLP(hidden_sizes=[16], num_classes=3)
+    ckpt = tmp_path / "animals.ckpt"
+    torch.save({"state_dict": source.state_dict(), "CIFAR10DataModule": {"classes": ["cat", "dog", "frog"]}}, ckpt)
+    same = LitMLP(hidden_sizes=[16], num_classes=3)
+    assert load_into(same.net, ckpt, "head", ["cat", "dog", "frog"]).reinitialised == []
+    torch.testing.assert_close(same.net.head.weight, source.net.head.weight)
+    other = LitMLP(hidden_sizes=[16], num_classes=3)
+    report = load_into(other.net, ckpt, "head", ["ship", "truck", "plane"])
+    assert report.reinitialised == ["head.weight", "head.bias"]
+    assert "the file's head is for ['cat', 'dog', 'frog']" in str(report)
+    assert not torch.equal(other.net.head.weight, source.net.head.weight)
+    torch.testing.assert_close(other.net.layers[1].weight, source.net.layers[1].weight)

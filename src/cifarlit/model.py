@@ -115,7 +115,9 @@ class LitMLP(L.LightningModule):
         if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
             from cifarlit.transfer import load_into
 
-            report = load_into(self.net, Path(self.hparams.init_from), self.head_name)
+            datamodule = getattr(self.trainer, "datamodule", None)
+            classes = list(datamodule.classes) if datamodule is not None and hasattr(datamodule, "classes") else None
+            report = load_into(self.net, Path(self.hparams.init_from), self.head_name, classes)
             self.init_report = report
             if self.trainer.is_global_zero:
                 print(f"init_from {self.hparams.init_from}: {report}")

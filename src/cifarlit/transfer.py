@@ -22,18 +22,22 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)  # the head: its shape depends on the class count
     skipped: list[str] = field(default_factory=list)  # tensors in the file that were not used
+    reason: str = ""  # why the head was re-created when its shape fits
 
     def __str__(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors"]
         if self.reinitialised:
-            parts.append(f"re-initialised {', '.join(self.reinitialised)}")
+            parts.append(
+                f"re-initialised {', '.join(self.reinitialised)}" + (f" ({self.reason})" if self.reason else "")
+            )
         if self.skipped:
             parts.append(f"skipped {', '.join(self.skipped)} from the file")
         return "; ".join(parts)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The network's tensors from a checkpoint or a ``state_dict`` file, with the LightningModule's ``net.`` removed."""
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The network's tensors (the LightningModule's ``net.`` prefix removed) and, for a cifarlit checkpoint, the
+    class names its head was trained on."""
     if not path.is_file():
         raise CifarlitError(
             f"model.init_from={path} does not exist; pass a .ckpt from an earlier run or a weights file."
@@ -53,12 +57,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CifarlitError(f"model.init_from={path} holds no state_dict of tensors.")
     if any(k.startswith("net.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    return state
+    data_state = obj.get("CIFAR10DataModule") if isinstance(obj, dict) else None
+    classes = data_state.get("classes") if isinstance(data_state, dict) else None
+    return state, list(classes) if classes else None
 
 
-def load_into(net: nn.Module, path: Path, head_name: str) -> LoadReport:
-    """Copy ``path``'s tensors into ``net``; re-create the head when its shape differs. Returns what was done."""
-    source = read_state_dict(path)
+def load_into(net: nn.Module, path: Path, head_name: str, classes: list[str] | None = None) -> LoadReport:
+    """Copy ``path``'s tensors into ``net``; re-create the head when its shape differs, or when the file names
+    other classes than ``classes`` (5 animals -> 5 vehicles: same shape, but each output means something else).
+    Returns what was done."""
+    source, source_classes = read_weights(path)
     target = net.state_dict()
     source = _align_prefix(source, target)
     in_head = lambda key: key.startswith(head_name + ".")  # noqa: E731
@@ -79,6 +87,9 @@ def load_into(net: nn.Module, path: Path, head_name: str) -> LoadReport:
             f"{detail}); use the same model.net (and init_args) as the run that wrote it."
         )
     head_differs = any(in_head(k) for k in mismatched + missing)
+    if classes is not None and source_classes is not None and list(classes) != source_classes:
+        head_differs = True
+        report.reason = f"the file's head is for {source_classes}, this run's data has {list(classes)}"
     for key in target:
         if in_head(key) and head_differs:
             report.reinitialised.append(key)  # keeps the freshly initialised head of the new class count
