@@ -57,11 +57,13 @@ experiments: venv  ## run every lesson in configs/experiments/ on DATA_DIR (~40 
 	$(PY) -m cifarlit compare $(foreach l,$(LESSONS),'lightning_logs/$(l)/version_*') --output docs/experiments.png --table docs/experiments.md
 
 TRANSFER := configs/experiments/transfer
-transfer: venv  ## transfer learning: pretrain a CNN on classes 0-4, then 10% of 5-9 fine-tuned vs from scratch (~10 min)
+transfer: venv  ## transfer learning: pretrain a CNN on classes 0-4, then 10% of 5-9 fine-tuned vs from scratch (~15 min)
 	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/pretrain.yaml $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
 	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/scratch.yaml $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
 	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/scratch.yaml -c $(TRANSFER)/finetune.yaml \
 	  $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
+	$(PY) -m cifarlit fit -c configs/default.yaml -c $(TRANSFER)/scratch.yaml -c $(TRANSFER)/finetune.yaml \
+	  -c $(TRANSFER)/finetune_frozen.yaml $(DATA_ARG) 2>&1 | grep -v "━" | tail -4
 	$(PY) -m cifarlit compare 'lightning_logs/transfer_*/version_*' --output docs/transfer.png --table docs/transfer.md
 
 TRIALS ?= 12
