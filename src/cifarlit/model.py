@@ -73,7 +73,9 @@ class LitMLP(L.LightningModule):
             raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
         if not 0 <= label_smoothing < 1:
             raise CifarlitError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1).")
-        self.save_hyperparameters(ignore=["net"] if net is not None and not _is_cli_built(self) else None)
+        # From the CLI, hparams are the config (net as class_path/init_args: load_from_checkpoint rebuilds it). A
+        # net passed as a Python object is left out: it would make checkpoints need pickle to load.
+        self.save_hyperparameters(ignore=["net"] if net is not None and not _cli_is_building() else None)
         if net is None:
             _check_mlp(hidden_sizes, dropout)
             self.net = MLP(num_classes, tuple(image_shape), list(hidden_sizes), norm, dropout, activation)
@@ -219,7 +221,7 @@ def _target_class(factory) -> type | None:
     return None
 
 
-def _is_cli_built(module: L.LightningModule) -> bool:
+def _cli_is_building() -> bool:
     """True while LightningCLI instantiates the module (hparams then hold the config, not live objects)."""
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
