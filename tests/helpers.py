@@ -37,7 +37,9 @@ class RankReport(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 0:
-            self.shard = [int(i) for i in trainer.train_dataloader.sampler]
+            self.shard = [
+                int(i) for i in trainer.train_dataloader.batch_sampler.sampler
+            ]  # Lightning's DistributedSampler
             self.steps = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

@@ -16,50 +16,12 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from cifarlit import sources
 from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
+from cifarlit.loaders import ArrayDataset, TensorBatchSampler, whole_batch, worker_init
 from cifarlit.sources import DataError
-
-
-class ArrayDataset(Dataset):
-    """uint8 images ``(N, 3, H, W)`` and labels served a batch at a time.
-
-    PyTorch's fetcher calls ``__getitems__`` with the sampler's whole list of indices, so a batch is one
-    indexing op instead of ``batch_size`` calls to ``__getitem__`` plus a collate.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: AlbumentationsBatch | None = None) -> None:
-        self.x, self.y, self.transform = x, y, transform
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, device=self.x.device)
-        x = self.x[idx]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.y[idx]
-
-
-def _whole_batch(batch):
-    """collate_fn for batches that ``__getitems__`` already assembled (module level so workers can pickle it)."""
-    return batch
-
-
-def _worker_init(worker_id: int) -> None:
-    # One thread per worker: on 2 cores, torch threads in workers next to the main process's ran 20-35x slower.
-    torch.set_num_threads(1)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, ArrayDataset) and info.dataset.transform is not None:
-        # torch gives each worker of each epoch its own seed, derived from the seeded main process.
-        info.dataset.transform.reseed(torch.initial_seed() % 2**32)
 
 
 def _subset_indices(labels: np.ndarray, size: int | float, seed: int, option: str) -> np.ndarray:
@@ -286,15 +248,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         if workers > 0:
             # Leave the workers their cores: oversubscribed torch threads are the slowest thing on 2 cores.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=_whole_batch,
+            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last=False),
+            collate_fn=whole_batch,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory and dataset.x.device.type == "cpu",
             persistent_workers=self.hparams.persistent_workers and workers > 0,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=worker_init if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,98 @@
+"""Serving in-memory uint8 images a whole batch at a time.
+
+A batch is one ``index_select`` on the image tensor, picked by a tensor of indices: no ``__getitem__`` per
+image, no collate, no Python list of ints. Measured on this project's 2-core CPU, for 512 CIFAR images:
+``x[idx]`` (advanced indexing) 1.35 ms, ``x.index_select(0, idx)`` 0.09 ms, ``torch.as_tensor(list_of_512)``
+0.15 ms; at batch 512 the old path cost ~1.5 ms of a ~13 ms training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sized
+
+import torch
+from torch.utils.data import BatchSampler, Dataset, RandomSampler, SequentialSampler
+
+
+class ArrayDataset(Dataset):
+    """uint8 images ``(N, 3, H, W)`` and labels served a batch at a time.
+
+    PyTorch's fetcher calls ``__getitems__`` with the batch sampler's whole batch of indices (a tensor from
+    :class:`TensorBatchSampler`, or a list), so a batch is one indexing op.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.x.device)  # no-op for a sampler's device slice
+        x = self.x.index_select(0, idx)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.y.index_select(0, idx)
+
+
+class TensorBatchSampler(BatchSampler):
+    """``BatchSampler`` that yields each batch as a slice of one index tensor per epoch.
+
+    The order is exactly the wrapped sampler's: for a ``RandomSampler`` the same ``randperm`` it would draw
+    from the same generator (so seeding and resuming behave as with PyTorch's own sampler), for a
+    ``SequentialSampler`` ``0..N-1``, for anything else (Lightning's ``DistributedSampler`` under DDP) the
+    indices it yields. Every image appears once per epoch. When the dataset lives on a GPU the index tensor is
+    moved there once per epoch, so a step makes no host-to-device copy (a per-step copy is a host sync).
+
+    Keeps ``BatchSampler``'s signature so Lightning can re-create it around a ``DistributedSampler``.
+    """
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self._order()
+        device = _dataset_device(self.sampler)
+        if device is not None and device.type != "cpu":
+            order = order.to(device)
+        batches = order.split(self.batch_size)
+        if self.drop_last and len(order) % self.batch_size:
+            batches = batches[:-1]
+        yield from batches
+
+    def _order(self) -> torch.Tensor:
+        sampler = self.sampler
+        if type(sampler) is SequentialSampler:
+            return torch.arange(len(sampler))
+        if type(sampler) is RandomSampler and sampler.generator is None and not sampler.replacement:
+            if sampler._num_samples is None:
+                # What RandomSampler.__iter__ draws (a fresh generator seeded from torch's global RNG), kept as
+                # one tensor instead of a Python int per image.
+                seed = int(torch.empty((), dtype=torch.int64).random_().item())
+                generator = torch.Generator()
+                generator.manual_seed(seed)
+                return torch.randperm(len(sampler.data_source), generator=generator)
+        return torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+
+
+def _dataset_device(sampler: Sized) -> torch.device | None:
+    dataset = getattr(sampler, "data_source", None) or getattr(sampler, "dataset", None)
+    x = getattr(dataset, "x", None)
+    return x.device if isinstance(x, torch.Tensor) else None
+
+
+def whole_batch(batch):
+    """collate_fn for batches that ``__getitems__`` already assembled (module level so workers can pickle it)."""
+    return batch
+
+
+def worker_init(worker_id: int) -> None:
+    # One thread per worker: on 2 cores, torch threads in workers next to the main process's ran 20-35x slower.
+    torch.set_num_threads(1)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, ArrayDataset) and info.dataset.transform is not None:
+        # torch gives each worker of each epoch its own seed, derived from the seeded main process.
+        info.dataset.transform.reseed(torch.initial_seed() % 2**32)
