@@ -71,6 +71,41 @@ def test_scheduler_config():
     assert plateau["lr_scheduler"]["monitor"] == "val/loss"
 
 
+@pytest.mark.parametrize(
+    ("factory", "fused"),
+    [
+        (torch.optim.Adam, True),  # the default: a class, no arguments
+        (partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05), True),
+        (partial(torch.optim.SGD, lr=0.1, momentum=0.9), True),
+        (partial(torch.optim.Adam, lr=1e-3, fused=False), False),  # the config's choice wins
+        (partial(torch.optim.Adam, lr=1e-3, foreach=True), False),  # torch refuses foreach + fused
+        (partial(torch.optim.RMSprop, lr=1e-3), False),  # no fused kernel: built as configured
+    ],
+)
+def test_optimizers_use_torchs_fused_kernel_unless_the_config_says_otherwise(factory, fused):
+    optimizer = LitMLP(optimizer=factory).configure_optimizers()
+    assert bool(optimizer.defaults.get("fused")) is fused
+    if isinstance(factory, partial):
+        assert all(optimizer.defaults[k] == v for k, v in factory.keywords.items())
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_implementation():
+    torch.manual_seed(0)
+    a, b = LitMLP(hidden_sizes=[16]), LitMLP(hidden_sizes=[16])
+    b.load_state_dict(a.state_dict())
+    opt_a = a.configure_optimizers()
+    opt_b = LitMLP(optimizer=partial(torch.optim.Adam, fused=False)).optimizer(b.parameters())
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert opt_a.defaults["fused"] and not opt_b.defaults["fused"]
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
 def test_label_smoothing_applies_to_the_training_loss_only():
     model = LitMLP(hidden_sizes=[], label_smoothing=0.2)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
@@ -148,3 +183,50 @@ def test_torch_compile_gives_the_same_outputs_and_state_dict_keys():
     assert list(compiled.state_dict()) == list(plain.state_dict())
     x = torch.randn(8, 3, 32, 32)
     torch.testing.assert_close(compiled(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lr", [1e-3, 1e6])  # 1e6: the loss turns NaN and the fit stops with an error
+def test_cpu_steps_skip_lightnings_nvml_cuda_check_and_restore_it(pickle_root, tmp_path, lr):
+    import os
+
+    import lightning as L
+
+    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.errors import CifarlitError
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_before_optimizer_step(self, *args):
+            seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # set by `import lightning`
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[Probe()], default_root_dir=tmp_path)  # fmt: skip
+    model = LitMLP(optimizer=partial(torch.optim.SGD, lr=lr))
+    dm = CIFAR10DataModule(str(pickle_root), download=False, batch_size=64)
+    if lr > 1:
+        with pytest.raises(CifarlitError, match="training loss became"):
+            trainer.fit(model, dm)
+    else:
+        trainer.fit(model, dm)
+    assert seen and set(seen) == {None}  # Adam's per-step CUDA check stays off NVML on the CPU
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # back after every step, error or not
+
+
+def test_epoch_metrics_are_exact_means_over_images_with_uneven_batches(tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = LitMLP(hidden_sizes=[8], num_classes=3, image_shape=(3, 4, 4))
+    x, y = torch.randn(103, 3, 4, 4), torch.randint(0, 3, (103,))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    for name in ("validate", "test"):
+        (out,) = getattr(trainer, name)(model, DataLoader(TensorDataset(x, y), batch_size=10))  # last batch: 3
+        with torch.no_grad():
+            logits = model(x)
+        stage = "val" if name == "validate" else "test"
+        assert out[f"{stage}/loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+        assert out[f"{stage}/acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), rel=1e-6)
+    assert all(not tally for tally in model._tallies.values())  # emptied when the epoch's metrics were logged

@@ -4,6 +4,7 @@ names another) with the optimizer and LR schedule from the config."""
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,12 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from cifarlit.errors import CifarlitError
 from cifarlit.nets import MLP
 
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+STAGES = ("train", "val", "test")
 NetFactory = Callable[[int, tuple[int, int, int]], nn.Module]  # (num_classes, image_shape) -> network
 
 
@@ -88,19 +90,14 @@ class LitMLP(L.LightningModule):
             # the compiled wrapper shares self.net's parameters.
             object.__setattr__(self, "_compiled_net", torch.compile(self.net))
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        # Metrics accumulate on the device and are logged once per epoch: a per-step self.log cost ~1.5 ms a
-        # step here (a third of the MLP's own step) and per-step values force host syncs on a GPU.
-        # validate_args / nan_strategy off: their checks read tensors back to the host on every update.
+        # Each step only appends its (loss, correct, count) to a list, on the device; the epoch's end sums them
+        # into torchmetrics objects, which Lightning computes, syncs across devices and logs once. Measured on
+        # this project's 2-core CPU: per-step self.log ~1.5 ms; per-step torchmetrics updates 0.26 ms (5% of a
+        # batch-64 step); this ~15 us. Nothing is read back to the host before the epoch ends.
         self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{name}": metric
-                for stage in ("train", "val", "test")
-                for name, metric in (
-                    ("loss", MeanMetric(nan_strategy="disable")),
-                    ("acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False)),
-                )
-            }
+            {f"{stage}_{name}": MeanMetric(nan_strategy="disable") for stage in STAGES for name in ("loss", "acc")}
         )
+        self._tallies: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {stage: [] for stage in STAGES}
 
     @property
     def head_name(self) -> str:
@@ -132,14 +129,25 @@ class LitMLP(L.LightningModule):
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
-        self.metrics[f"{stage}_acc"].update(logits.detach(), y)
+        self._tallies[stage].append((loss.detach(), (logits.detach().argmax(-1) == y).sum(), len(y)))
         return loss
 
     def _log_epoch(self, stage: str) -> None:
+        tally, self._tallies[stage] = self._tallies[stage], []
+        if not tally:
+            return
+        losses, correct, counts = zip(*tally, strict=True)
+        n = sum(counts)
+        weights = torch.tensor(counts, dtype=torch.float32, device=losses[0].device)
+        # One update per epoch: the mean over images, weighted by n so devices with different counts sync exactly.
+        self.metrics[f"{stage}_loss"].update((torch.stack(losses).float() * weights).sum() / n, weight=n)
+        self.metrics[f"{stage}_acc"].update(torch.stack(correct).sum().float() / n, weight=n)
         # Logging the metric objects lets Lightning compute, sync across devices and reset them.
         for name in ("loss", "acc"):
             self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=stage == "val")
+
+    def _start_epoch(self, stage: str) -> None:
+        self._tallies[stage] = []  # nothing left over from an interrupted epoch or the sanity check
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -163,6 +171,15 @@ class LitMLP(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_train_epoch_start(self) -> None:
+        self._start_epoch("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_epoch("test")
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
@@ -174,6 +191,19 @@ class LitMLP(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self(batch[0]).softmax(-1)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported (so that checking for CUDA cannot break a
+        # later fork). With a CUDA build of torch and no CUDA context, Adam's per-step CUDA-graph check then loads
+        # NVML on every step: 135 us here, ~3% of a batch-64 step. On the CPU there is no CUDA context to
+        # protect, so the step (forward and backward run inside it) uses torch's own 3 us check.
+        if self.device.type != "cpu" or _NVML_CHECK not in os.environ:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        saved = os.environ.pop(_NVML_CHECK)
+        try:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            os.environ[_NVML_CHECK] = saved
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning restores weights, optimizer, scheduler, loops and callbacks; the RNG states make a resumed
@@ -188,7 +218,7 @@ class LitMLP(L.LightningModule):
         # Only trainable parameters: BackboneFinetuning adds the frozen backbone as its own group later.
         params = [p for p in self.parameters() if p.requires_grad]
         try:
-            optimizer = self.optimizer(params)
+            optimizer = _build_optimizer(self.optimizer, params)
         except ValueError as err:  # torch's own check, e.g. "Invalid learning rate: -0.1"
             raise CifarlitError(f"model.optimizer: {err}; use values the optimizer accepts (lr >= 0).") from None
         if self.lr_scheduler is None:
@@ -210,6 +240,24 @@ class LitMLP(L.LightningModule):
         if self.hparams.scheduler_interval == "step":
             return {"total_steps": int(self.trainer.estimated_stepping_batches)}
         return {"total_steps": int(self.trainer.max_epochs)}
+
+
+def _build_optimizer(factory, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The configured optimizer, with torch's fused kernel when it has one and the config does not say otherwise.
+
+    Fused is the same update rule in one kernel per tensor instead of ~10 elementwise ops: Adam's step on the
+    lecture MLP took 0.32 ms fused vs 0.99 ms default on this project's 2-core CPU (a batch-64 step is ~4 ms),
+    and it is the fastest variant on a GPU too. ``fused: false`` in ``init_args`` turns it off.
+    """
+    cls = _target_class(factory)
+    given = getattr(factory, "keywords", {})
+    if cls is not None and "fused" in inspect.signature(cls).parameters and given.get("fused") is None:
+        if not given.get("foreach") and not given.get("differentiable"):  # torch refuses these with fused
+            try:
+                return factory(params, fused=True)
+            except RuntimeError:  # a device or dtype without a fused kernel: the default implementation
+                pass
+    return factory(params)
 
 
 def _target_class(factory) -> type | None:
