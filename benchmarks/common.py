@@ -1,8 +1,9 @@
-"""Shared helpers: where the benchmark data comes from and how cifarlit is run in-process."""
+"""Shared helpers: where the benchmark data comes from, and timing `cifarlit fit` in a fresh process."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -14,6 +15,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-images.tar.gz"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
 
 
 def data_dir(requested: str | None = None) -> tuple[Path, str]:
@@ -30,40 +32,56 @@ def data_dir(requested: str | None = None) -> tuple[Path, str]:
     return synthetic(), "generated 50,000 / 10,000 images of CIFAR-10's shape"
 
 
-def synthetic() -> Path:
+def synthetic(root: Path = REPO / "data" / "synthetic", n_train: int = 50000, n_test: int = 10000) -> Path:
     """A CIFAR-10-shaped pickle-batch folder of random images (no real data on this machine)."""
     import pickle
 
-    root = REPO / "data" / "synthetic"
     folder = root / "cifar-10-batches-py"
     if folder.is_dir():
         return root
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    per_batch = n_train // 5
     for i in range(1, 6):
         entry = {
-            "data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8),
-            "labels": rng.integers(0, 10, 10000).tolist(),
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, per_batch).tolist(),
         }
         with open(folder / f"data_batch_{i}", "wb") as f:
             pickle.dump(entry, f)
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), "labels": [0] * 10000}, f)
+        pickle.dump({"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), "labels": [0] * n_test}, f)
     return root
 
 
-def cifarlit_cli(args: list[str]):
-    """A configured (not yet run) cifarlit CLI writing its logs to a temporary folder."""
-    from cifarlit.cli import CifarCLI
-    from cifarlit.data import CIFAR10DataModule
-    from cifarlit.model import LitMLP
+def _marked(out: subprocess.CompletedProcess, marker: str) -> float:
+    lines = [line for line in out.stdout.splitlines() if line.startswith(marker)]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark run failed (exit {out.returncode}):\n{out.stdout[-1500:]}\n{out.stderr[-3000:]}")
+    return float(lines[-1].split()[1])
 
-    sys.argv = ["cifarlit"]
+
+def fit_seconds(data: str, *args: str) -> float:
+    """Seconds of training (first epoch start to last epoch end, val passes included) of ``cifarlit fit`` with
+    the default config plus ``args``, in a fresh process: each run starts from a clean heap, as a user's does."""
     logs = tempfile.mkdtemp(prefix="cifarlit-bench-")
-    return CifarCLI(
-        LitMLP, CIFAR10DataModule, run=False, save_config_kwargs={"overwrite": True},
-        args=["-c", str(DEFAULT_CONFIG), "--trainer.logger.init_args.save_dir", logs, *args],
+    out = subprocess.run(
+        [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
+         "--trainer.accelerator", "cpu", "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
+         "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
+        capture_output=True, text=True, cwd=REPO, env=ENV,
     )  # fmt: skip
+    return _marked(out, "FIT_SECONDS")
+
+
+def plain_seconds(split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False) -> float:
+    """Seconds of the plain PyTorch loop (benchmarks/plain_loop.py) in a fresh process without Lightning."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), str(split), "--batch_size", str(batch_size),
+         "--epochs", str(epochs), *(["--like_cifarlit"] if like_cifarlit else [])],
+        capture_output=True, text=True, cwd=REPO, env=ENV,
+    )  # fmt: skip
+    return _marked(out, "PLAIN_SECONDS")
 
 
 class Stopwatch:

@@ -28,9 +28,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(SUITES), help="run only these benchmarks")
     args = parser.parse_args()
     data, source = common.data_dir(args.data_dir)
-    import lightning.pytorch as pl
-
-    pl.seed_everything(0, verbose=False)
     rows = []
     for name in args.only or SUITES:
         rows += SUITES[name](str(data))

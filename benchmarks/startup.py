@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import time
 
-from lightning.pytorch import Callback
-
-from benchmarks.common import DEFAULT_CONFIG, REPO
-
-
-class FirstStep(Callback):
-    """Prints the wall-clock time of the first training step, then lets the one-step run finish."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            print(f"FIRST_STEP_AT {time.time()}", flush=True)
+from benchmarks.common import DEFAULT_CONFIG, ENV, REPO
 
 
 def run(data: str, repeats: int = 2) -> list[dict]:
@@ -29,8 +18,8 @@ def run(data: str, repeats: int = 2) -> list[dict]:
         out = subprocess.run(
             [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
              "--trainer.max_steps", "1", "--trainer.accelerator", "cpu", "--test_after_fit", "false",
-             "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.startup.FirstStep"],
-            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+             "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.timers.FirstStep"],
+            capture_output=True, text=True, cwd=REPO, env=ENV,
         )  # fmt: skip
         stamp = [line for line in out.stdout.splitlines() if line.startswith("FIRST_STEP_AT")]
         if not stamp:
