@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -54,16 +55,17 @@ def synthetic(root: Path = REPO / "data" / "synthetic", n_train: int = 50000, n_
     return root
 
 
-def _marked(out: subprocess.CompletedProcess, marker: str) -> float:
-    lines = [line for line in out.stdout.splitlines() if line.startswith(marker)]
-    if out.returncode != 0 or not lines:
+def _marked(out: subprocess.CompletedProcess, marker: str) -> list[float]:
+    # A progress bar shares stdout, so a marker may follow a bar's "\r" on the same line.
+    values = [float(v) for v in re.findall(rf"{marker} ([0-9.eE+-]+)", out.stdout)]
+    if out.returncode != 0 or not values:
         raise RuntimeError(f"benchmark run failed (exit {out.returncode}):\n{out.stdout[-1500:]}\n{out.stderr[-3000:]}")
-    return float(lines[-1].split()[1])
+    return values
 
 
-def fit_seconds(data: str, *args: str) -> float:
-    """Seconds of training (first epoch start to last epoch end, val passes included) of ``cifarlit fit`` with
-    the default config plus ``args``, in a fresh process: each run starts from a clean heap, as a user's does."""
+def fit_epochs(data: str, *args: str) -> list[float]:
+    """Seconds per epoch (its val pass included) of ``cifarlit fit`` with the default config plus ``args``, in a
+    fresh process: each run starts from a clean heap, as a user's does."""
     logs = tempfile.mkdtemp(prefix="cifarlit-bench-")
     out = subprocess.run(
         [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
@@ -71,17 +73,18 @@ def fit_seconds(data: str, *args: str) -> float:
          "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
         capture_output=True, text=True, cwd=REPO, env=ENV,
     )  # fmt: skip
-    return _marked(out, "FIT_SECONDS")
+    return _marked(out, "EPOCH_SECONDS")
 
 
-def plain_seconds(split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False) -> float:
-    """Seconds of the plain PyTorch loop (benchmarks/plain_loop.py) in a fresh process without Lightning."""
+def plain_epochs(split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False) -> list[float]:
+    """Seconds per epoch of the plain PyTorch loop (benchmarks/plain_loop.py), in a fresh process without
+    Lightning."""
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), str(split), "--batch_size", str(batch_size),
          "--epochs", str(epochs), *(["--like_cifarlit"] if like_cifarlit else [])],
         capture_output=True, text=True, cwd=REPO, env=ENV,
     )  # fmt: skip
-    return _marked(out, "PLAIN_SECONDS")
+    return _marked(out, "EPOCH_SECONDS")
 
 
 class Stopwatch:

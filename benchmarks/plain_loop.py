@@ -4,7 +4,7 @@ python benchmarks/plain_loop.py SPLIT.pt --batch_size 64 --epochs 3 [--device cp
 
 Trains the same 3072-100-100-10 MLP with ``torch.optim.Adam(lr=1e-3)`` (torch's defaults, as a plain loop would
 write it) on the train split of SPLIT.pt (written by :func:`export_split`: the images of cifarlit's own split,
-normalized up front) and runs the val pass every epoch, then prints ``PLAIN_SECONDS <s>``. ``--like_cifarlit``
+normalized up front), running the val pass after each epoch and printing ``EPOCH_SECONDS <s>``. ``--like_cifarlit``
 uses what cifarlit's defaults use instead (fused Adam, uint8 batches by ``index_select`` normalized per batch),
 so the ratio against it is Lightning's own cost.
 """
@@ -35,7 +35,8 @@ def export_split(data: str, path: Path) -> int:
     return len(dm.train_set)
 
 
-def train(split: dict, batch_size: int, epochs: int, device: str = "cpu", like_cifarlit: bool = False) -> float:
+def train(split: dict, batch_size: int, epochs: int, device: str = "cpu", like_cifarlit: bool = False) -> list[float]:
+    """Seconds of each epoch (training, then the val pass)."""
     mean, std = split["mean"].view(1, 3, 1, 1).to(device), split["std"].view(1, 3, 1, 1).to(device)
     (x, y), (vx, vy) = ((t.to(device) for t in split[part]) for part in ("train", "val"))
     scale, shift = 1 / (255 * std), -mean / std
@@ -50,8 +51,9 @@ def train(split: dict, batch_size: int, epochs: int, device: str = "cpu", like_c
             return source[idx]
         return source.index_select(0, idx).float().mul_(scale).add_(shift)
 
-    start = time.perf_counter()
+    times = []
     for _ in range(epochs):
+        start = time.perf_counter()
         model.train()
         for idx in torch.randperm(len(y), device=device).split(batch_size):
             loss = F.cross_entropy(model(batch(x, idx)), y[idx])
@@ -64,7 +66,9 @@ def train(split: dict, batch_size: int, epochs: int, device: str = "cpu", like_c
             for idx in torch.arange(len(vy), device=device).split(1000):
                 correct += (model(batch(vx, idx)).argmax(1) == vy[idx]).sum()
         correct.item()  # the val accuracy reaches the host once per epoch, as a logged metric would
-    return time.perf_counter() - start
+        times.append(time.perf_counter() - start)
+        print(f"EPOCH_SECONDS {times[-1]}", flush=True)
+    return times
 
 
 def main() -> None:
@@ -76,8 +80,7 @@ def main() -> None:
     parser.add_argument("--like_cifarlit", action="store_true")
     args = parser.parse_args()
     split = torch.load(args.split, weights_only=True)
-    seconds = train(split, args.batch_size, args.epochs, args.device, args.like_cifarlit)
-    print(f"PLAIN_SECONDS {seconds}")
+    train(split, args.batch_size, args.epochs, args.device, args.like_cifarlit)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,22 @@ from lightning.pytorch import Callback
 
 
 class FitTimer(Callback):
-    """Wall time from the start of training to its end: the startup and the sanity check are excluded, every
-    epoch's val pass, checkpointing, logging and progress bar are included."""
+    """Wall time of each epoch, from one epoch's start to the next's (its val pass, checkpointing, logging and
+    progress bar included), then of the whole training; the startup and the sanity check are excluded."""
 
     def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
+        self.start = self.epoch_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        now = time.perf_counter()
+        if trainer.current_epoch > 0:
+            print(f"EPOCH_SECONDS {now - self.epoch_start}", flush=True)
+        self.epoch_start = now
 
     def on_train_end(self, trainer, pl_module):
-        print(f"FIT_SECONDS {time.perf_counter() - self.start}", flush=True)
+        now = time.perf_counter()
+        print(f"EPOCH_SECONDS {now - self.epoch_start}", flush=True)
+        print(f"FIT_SECONDS {now - self.start}", flush=True)
 
 
 class FirstStep(Callback):
