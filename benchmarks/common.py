@@ -76,12 +76,14 @@ def fit_epochs(data: str, *args: str) -> list[float]:
     return _marked(out, "EPOCH_SECONDS")
 
 
-def plain_epochs(split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False) -> list[float]:
+def plain_epochs(
+    split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False, device: str = "cpu"
+) -> list[float]:
     """Seconds per epoch of the plain PyTorch loop (benchmarks/plain_loop.py), in a fresh process without
     Lightning."""
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), str(split), "--batch_size", str(batch_size),
-         "--epochs", str(epochs), *(["--like_cifarlit"] if like_cifarlit else [])],
+         "--epochs", str(epochs), "--device", device, *(["--like_cifarlit"] if like_cifarlit else [])],
         capture_output=True, text=True, cwd=REPO, env=ENV,
     )  # fmt: skip
     return _marked(out, "EPOCH_SECONDS")
@@ -101,4 +103,6 @@ def machine() -> str:
 
     import torch
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    threads = torch.get_num_threads()
+    return f"{platform.machine()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {threads} threads"

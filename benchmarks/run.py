@@ -28,14 +28,23 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(SUITES), help="run only these benchmarks")
     args = parser.parse_args()
     data, source = common.data_dir(args.data_dir)
+    print(f"machine: {common.machine()}\ndata: {source} ({data})", flush=True)
     rows = []
     for name in args.only or SUITES:
-        rows += SUITES[name](str(data))
-    print(f"\nmachine: {common.machine()}\ndata: {source} ({data})\n")
+        try:
+            suite = SUITES[name](str(data))
+        except RuntimeError as err:  # one broken suite must not throw away the others' minutes of measuring
+            print(f"{name} failed: {err}", file=sys.stderr)
+            suite = [{"benchmark": name, "detail": "FAILED (see stderr)"}]
+        for row in suite:
+            print("  " + ", ".join(f"{k}: {v}" for k, v in row.items()), flush=True)  # progress, in case of a crash
+        rows += suite
     keys = ["benchmark"] + sorted({k for r in rows for k in r} - {"benchmark", "detail"}) + ["detail"]
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+    if any(r.get("detail") == "FAILED (see stderr)" for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import DEFAULT_CONFIG, ENV, REPO
+from benchmarks.common import DEFAULT_CONFIG, ENV, REPO, _marked
 
 
 def run(data: str, repeats: int = 2) -> list[dict]:
@@ -17,14 +17,12 @@ def run(data: str, repeats: int = 2) -> list[dict]:
         start = time.time()
         out = subprocess.run(
             [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
-             "--trainer.max_steps", "1", "--trainer.accelerator", "cpu", "--test_after_fit", "false",
+             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+             "--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu", "--test_after_fit", "false",
              "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.timers.FirstStep"],
             capture_output=True, text=True, cwd=REPO, env=ENV,
         )  # fmt: skip
-        stamp = [line for line in out.stdout.splitlines() if line.startswith("FIRST_STEP_AT")]
-        if not stamp:
-            raise RuntimeError(f"startup run failed:\n{out.stderr[-2000:]}")
-        times.append(float(stamp[0].split()[1]) - start)
+        times.append(_marked(out, "FIRST_STEP_AT")[0] - start)
     return [{
         "benchmark": "startup (fit -> first step, cached data)", "seconds": round(min(times), 2),
         "target": "<= 8", "detail": f"runs: {', '.join(f'{t:.1f}s' for t in times)}",
