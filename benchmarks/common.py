@@ -63,15 +63,24 @@ def _marked(out: subprocess.CompletedProcess, marker: str) -> list[float]:
     return values
 
 
-def fit_epochs(data: str, *args: str) -> list[float]:
+# Lightning's floor: the same model and data with Trainer(barebones=True): no callbacks, logger, progress bar,
+# checkpointing or model summary.
+BAREBONES = ("--trainer.barebones", "true", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+             "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+             "--trainer.log_every_n_steps", "0")  # fmt: skip
+
+
+def fit_epochs(data: str, *args: str, barebones: bool = False) -> list[float]:
     """Seconds per epoch (its val pass included) of ``cifarlit fit`` with the default config plus ``args``, in a
     fresh process: each run starts from a clean heap, as a user's does."""
     logs = tempfile.mkdtemp(prefix="cifarlit-bench-")
-    out = subprocess.run(
+    where = BAREBONES if barebones else ("--trainer.logger.init_args.save_dir", logs)
+    data = str(Path(data).resolve())
+    out = subprocess.run(  # without a logger Lightning writes to the working directory: a temporary one
         [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
          "--trainer.accelerator", "cpu", "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
-         "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
-        capture_output=True, text=True, cwd=REPO, env=ENV,
+         *where, "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
+        capture_output=True, text=True, cwd=logs, env=ENV,
     )  # fmt: skip
     return _marked(out, "EPOCH_SECONDS")
 

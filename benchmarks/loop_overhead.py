@@ -7,7 +7,8 @@ by other work on a shared machine (run-to-run spread here was up to 50%).
 
 Two references: the plain loop as one would write it (torch's default Adam, the set normalized up front,
 ``x[idx]`` batches: the issue's "plain PyTorch"), and the same loop given cifarlit's data path and fused Adam
-("like for like"), whose ratio is what Lightning's loop, callbacks, logger and progress bar cost by themselves.
+("like for like"), whose ratio is what Lightning's loop, callbacks, logger and progress bar cost by themselves;
+and `Trainer(barebones=True)` without callbacks, logger or bar against that same loop: Lightning's floor.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ def run(data: str, epochs: int = 4, batch_sizes=(64, 512), repeats: int = 3) -> 
     n_train = export_split(data, split)
     rows = []
     for bs in batch_sizes:
-        times: dict[str, list[float]] = {"cifarlit": [], "plain": [], "like": []}
+        times: dict[str, list[float]] = {"cifarlit": [], "plain": [], "like": [], "barebones": []}
         for i in range(repeats):
-            for kind in ("plain", "cifarlit", "like") if i % 2 == 0 else ("like", "cifarlit", "plain"):
-                if kind == "cifarlit":
-                    times[kind] += fit_epochs(data, "--data.batch_size", str(bs), "--trainer.max_epochs", str(epochs))
+            kinds = ("plain", "cifarlit", "like", "barebones")
+            for kind in kinds if i % 2 == 0 else kinds[::-1]:
+                if kind in ("cifarlit", "barebones"):
+                    args = ("--data.batch_size", str(bs), "--trainer.max_epochs", str(epochs))
+                    times[kind] += fit_epochs(data, *args, barebones=kind == "barebones")
                 else:
                     times[kind] += plain_epochs(split, bs, epochs, like_cifarlit=kind == "like")
         best = {k: min(v) for k, v in times.items()}
@@ -45,5 +48,11 @@ def run(data: str, epochs: int = 4, batch_sizes=(64, 512), repeats: int = 3) -> 
             "ratio (cifarlit/plain time)": round(best["cifarlit"] / best["like"], 3), "target": "-",
             "detail": f"plain loop with cifarlit's fused Adam and index_select batches ({best['like']:.2f} s/epoch): "
             "the cost of Lightning's loop and the default callbacks",
+        })  # fmt: skip
+        rows.append({
+            "benchmark": f"loop_overhead bs={bs}, Lightning barebones vs like for like",
+            "ratio (cifarlit/plain time)": round(best["barebones"] / best["like"], 3), "target": "-",
+            "detail": f"Trainer(barebones=True), no callbacks, logger or bar ({best['barebones']:.2f} s/epoch): "
+            "Lightning's loop alone",
         })  # fmt: skip
     return rows
