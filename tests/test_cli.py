@@ -218,3 +218,15 @@ def test_nesterov_sgd_and_gradient_clipping_from_the_command_line(pickle_root, t
     free = fit()
     step = torch.cat([(p - before[k]).flatten() for k, p in free.model.state_dict().items() if "weight" in k])
     assert step.norm() > 1e-3
+
+
+@pytest.mark.parametrize(("extra", "fused"), [((), True), (("--model.optimizer.init_args.fused", "false"), False)])
+def test_the_default_config_trains_with_fused_adam_unless_told_not_to(extra, fused, pickle_root, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root),
+                  "--trainer.fast_dev_run", "1", *extra)  # fmt: skip
+    (optimizer,) = cli.trainer.optimizers
+    assert isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults["fused"]) is fused
+    assert optimizer.defaults["lr"] == 0.001  # the config's arguments still apply

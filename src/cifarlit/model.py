@@ -44,7 +44,8 @@ class LitMLP(L.LightningModule):
         init_from: start from these weights (a cifarlit ``.ckpt`` or a ``torch.save``'d state_dict); the head is
             re-created when the class count differs. Applied when a fit starts, not when resuming.
         optimizer: optimizer class and arguments, e.g. ``torch.optim.SGD`` with ``lr``, ``momentum``,
-            ``weight_decay`` (the L2 penalty).
+            ``weight_decay`` (the L2 penalty). Optimizers with a fused kernel (Adam, AdamW, SGD) use it unless
+            ``init_args`` set ``fused: false`` (or ``foreach``).
         lr_scheduler: optional LR scheduler class and arguments, e.g. ``torch.optim.lr_scheduler.StepLR``. For
             ``OneCycleLR`` and ``cifarlit.schedules.WarmupCosineLR`` ``total_steps`` is filled in when unset.
         scheduler_interval: step the scheduler every ``epoch`` or every ``step`` (OneCycleLR, warm-up).
