@@ -55,7 +55,7 @@ def synthetic(root: Path = REPO / "data" / "synthetic", n_train: int = 50000, n_
     return root
 
 
-def _marked(out: subprocess.CompletedProcess, marker: str) -> list[float]:
+def markers(out: subprocess.CompletedProcess, marker: str) -> list[float]:
     # A progress bar shares stdout, so a marker may follow a bar's "\r" on the same line.
     values = [float(v) for v in re.findall(rf"{marker} ([0-9.eE+-]+)", out.stdout)]
     if out.returncode != 0 or not values:
@@ -82,7 +82,7 @@ def fit_epochs(data: str, *args: str, barebones: bool = False) -> list[float]:
          *where, "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
         capture_output=True, text=True, cwd=logs, env=ENV,
     )  # fmt: skip
-    return _marked(out, "EPOCH_SECONDS")
+    return markers(out, "EPOCH_SECONDS")
 
 
 def plain_epochs(
@@ -95,7 +95,7 @@ def plain_epochs(
          "--epochs", str(epochs), "--device", device, *(["--like_cifarlit"] if like_cifarlit else [])],
         capture_output=True, text=True, cwd=REPO, env=ENV,
     )  # fmt: skip
-    return _marked(out, "EPOCH_SECONDS")
+    return markers(out, "EPOCH_SECONDS")
 
 
 class Stopwatch:

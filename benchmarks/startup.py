@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import DEFAULT_CONFIG, ENV, REPO, _marked
+from benchmarks.common import DEFAULT_CONFIG, ENV, REPO, markers
 
 
 def run(data: str, repeats: int = 2) -> list[dict]:
@@ -22,7 +22,7 @@ def run(data: str, repeats: int = 2) -> list[dict]:
              "--trainer.logger.init_args.save_dir", logs, "--trainer.callbacks+=benchmarks.timers.FirstStep"],
             capture_output=True, text=True, cwd=REPO, env=ENV,
         )  # fmt: skip
-        times.append(_marked(out, "FIRST_STEP_AT")[0] - start)
+        times.append(markers(out, "FIRST_STEP_AT")[0] - start)
     return [{
         "benchmark": "startup (fit -> first step, cached data)", "seconds": round(min(times), 2),
         "target": "<= 8", "detail": f"runs: {', '.join(f'{t:.1f}s' for t in times)}",

@@ -11,7 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not part of the package
 
-from benchmarks import augment_cost, common, loop_overhead, plain_loop  # noqa: E402
+from benchmarks import augment_cost, common, loop_overhead, plain_loop, startup  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each run is a fresh `cifarlit fit` process (~10 s of startup apiece)
 
@@ -29,6 +29,11 @@ def test_loop_overhead_compares_cifarlit_and_barebones_lightning_with_the_plain_
 def test_augment_cost_reports_each_backend(pickle_root):
     rows = augment_cost.run(str(pickle_root), epochs=2)
     assert len(rows) == 4 and all(r["ratio (aug/no-aug time)"] > 0 for r in rows)
+
+
+def test_startup_times_the_first_step(pickle_root):
+    (row,) = startup.run(str(pickle_root), repeats=1)
+    assert 0 < row["seconds"] < 300
 
 
 def test_plain_loop_trains_the_same_split_and_reports_every_epoch(pickle_root, tmp_path):
