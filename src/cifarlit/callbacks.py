@@ -1,4 +1,4 @@
-"""Callbacks: the debug ladder's verdict, what a run depends on, and the per-class test report."""
+"""Callbacks: the debug ladder's verdict, the record of what a run depends on, and the per-class test report."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 HINTS = (
@@ -64,22 +65,25 @@ class OverfitCheck(Callback):
         rank_zero_info(self.message)
 
 
-class RunInfo(Callback):
-    """Records what a result depends on.
+class RunRecord(SaveConfigCallback):
+    """Records what a result depends on, next to the curves: LightningCLI's ``config.yaml`` (the full resolved
+    config), ``run_info.json`` (which images were train/val, as a fingerprint of the index lists and of the
+    dataset files, the sizes, classes and package versions) and the hyperparameters in TensorBoard's HPARAMS
+    tab, against the ``val/*`` and ``test/*`` curves.
 
-    Writes ``run_info.json`` next to the run's ``config.yaml`` (which images were train/val, as a fingerprint
-    of the index lists and of the dataset files, and the package versions), and registers the hyperparameters
-    with TensorBoard's HPARAMS tab against the ``val/*`` and ``test/*`` curves.
+    One callback for both jobs: Lightning calls every callback at every hook of every training step (about
+    six per step) whether it overrides the hook or not, so each callback in a config costs every step.
     """
 
     METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        first = not self.already_saved
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        if not trainer.is_global_zero or log_dir is None:
-            return
-        self._write_info(trainer, log_dir)
-        self._register_hparams(trainer, pl_module)
+        super().setup(trainer, pl_module, stage)  # writes config.yaml on rank 0
+        if first and stage == "fit" and trainer.is_global_zero and log_dir is not None:
+            self._write_info(trainer, log_dir)
+            self._register_hparams(trainer, pl_module)
 
     def _register_hparams(self, trainer, pl_module) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -125,6 +129,8 @@ class RunInfo(Callback):
             "test_carved_from_train": getattr(dm, "test_idx", None) is not None,
             "classes": list(dm.classes) if hasattr(dm, "classes") else None,
             "data_dir": str(getattr(dm, "data_dir", "")),
+            "data_on_device": str(dm.train_set.x.device) if hasattr(dm, "train_set") else None,
+            "device": str(trainer.strategy.root_device),
             "python": platform.python_version(),
             "packages": packages,
         }
@@ -138,7 +144,8 @@ class PerClassReport(Callback):
 
     Logs ``test/acc_<class>`` and a ``test/confusion_matrix`` figure (TensorBoard), and writes
     ``confusion_matrix.csv`` (rows: true class, columns: predicted) and ``per_class_accuracy.csv`` into the
-    run directory. The CLI adds it to every ``fit`` and ``test``.
+    run directory. The CLI adds it to every ``test``, including the one after ``fit`` (only then: a callback
+    costs every training step, see :class:`RunRecord`).
     """
 
     def __init__(self) -> None:

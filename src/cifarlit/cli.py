@@ -6,107 +6,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Literal
-
-import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must never phone home
 
-from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from cifarlit.callbacks import OverfitCheck, PerClassReport, RunInfo  # noqa: E402
+from cifarlit.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
 from cifarlit.data import CIFAR10DataModule  # noqa: E402
 from cifarlit.errors import CifarlitError  # noqa: E402
 from cifarlit.model import LitMLP  # noqa: E402
-
-
-class CifarTrainer(Trainer):
-    """Lightning's Trainer plus ``explore``: LightningCLI builds a subcommand's options from a Trainer method,
-    so defining it here gives ``cifarlit explore`` the same ``--data.*`` options and config files as ``fit``."""
-
-    def explore(
-        self,
-        model: LitMLP,
-        datamodule: CIFAR10DataModule,
-        format: Literal["table", "json"] = "table",
-        samples_per_class: int = 8,
-        grid_path: str | None = "explore.png",
-        log_grid: bool = False,
-    ) -> dict:
-        """Describe the data per split: sizes, classes, channels, resolution, dtype, range, mean/std, balance.
-
-        Args:
-            format: ``table`` for people, ``json`` for scripts.
-            samples_per_class: images per class in the sample grid.
-            grid_path: where to save the PNG grid of samples (``null`` for none).
-            log_grid: also log the grid to the run's TensorBoard logger.
-        """
-        from cifarlit import report
-
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        classes = datamodule.classes
-        splits = {
-            name: report.describe(ds.x, ds.y, classes)
-            for name, ds in (
-                ("train", datamodule.train_set),
-                ("val", datamodule.val_set),
-                ("test", datamodule.test_set),
-            )
-        }
-        print(report.to_json(splits, classes) if format == "json" else report.format_table(splits, classes))
-        if grid_path or log_grid:
-            ds = datamodule.train_set
-            fig = report.sample_grid(ds.x, ds.y, classes, samples_per_class, Path(grid_path or "explore.png"))
-            if grid_path and format == "table":
-                print(f"\nsample grid: {grid_path}")
-            if log_grid and self.logger is not None:
-                self.logger.experiment.add_figure("explore/samples", fig)
-                self.logger.experiment.flush()
-        return splits
-
-    def predict(
-        self,
-        model: LitMLP | None = None,
-        dataloaders=None,
-        datamodule: CIFAR10DataModule | None = None,
-        return_predictions: bool | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool | None = None,
-        output: str | None = None,
-        probabilities: bool = False,
-    ) -> list[torch.Tensor]:
-        """Predict the test split, or the images in ``--data.predict_dir``, and write them to a CSV.
-
-        Args:
-            return_predictions: ignored: the CSV needs them, so they are always kept (and returned).
-            ckpt_path: the trained checkpoint; it holds the weights, the class names and the normalization
-                statistics, so the training data need not be on disk.
-            output: the CSV to write (``id,label``; ``id`` is the file-name stem, or the index in the test
-                split). Default: ``predictions.csv`` in the run directory, or here without a logger.
-            probabilities: add a ``prob_<class>`` column per class.
-        """
-        from cifarlit.predict import write_csv
-
-        if self.world_size > 1:
-            raise CifarlitError(
-                "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
-            )
-        batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
-        probs = torch.cat([b.float().cpu() for b in batches])  # (N, num_classes), each row sums to 1
-        dm = self.datamodule
-        ids = getattr(dm, "predict_ids", None) or [str(i) for i in range(len(probs))]
-        classes = tuple(dm.classes) if dm is not None else tuple(str(i) for i in range(probs.shape[1]))
-        if len(classes) != probs.shape[1]:
-            raise CifarlitError(
-                f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
-                "use the checkpoint and data of the same training run."
-            )
-        path = Path(output) if output else Path(self.log_dir if self.logger else ".") / "predictions.csv"
-        write_csv(path, ids, probs, classes, probabilities)
-        print(f"predictions for {len(ids)} images: {path}")
-        return batches
+from cifarlit.trainer import CifarTrainer  # noqa: E402
 
 
 class CifarCLI(LightningCLI):
@@ -140,9 +49,6 @@ class CifarCLI(LightningCLI):
         if self.subcommand == "fit" and ckpt:
             resume_into_same_run(config, ckpt)
 
-    def before_fit(self) -> None:
-        self.trainer.callbacks += [RunInfo(), PerClassReport()]
-
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())
 
@@ -160,6 +66,7 @@ class CifarCLI(LightningCLI):
         if not self.config.fit.get("test_after_fit", True) or trainer.interrupted or trainer.fast_dev_run:
             return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        trainer.callbacks.append(PerClassReport())  # not during fit: every callback costs every training step
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
@@ -223,6 +130,7 @@ def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI
         LitMLP,
         CIFAR10DataModule,
         trainer_class=CifarTrainer,
+        save_config_callback=RunRecord,  # config.yaml, run_info.json and the TensorBoard hparams
         save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
         trainer_defaults={"callbacks": callbacks} if callbacks else None,  # added to the config's callbacks
         args=args,

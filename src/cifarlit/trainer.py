@@ -1,0 +1,157 @@
+"""``CifarTrainer``: Lightning's Trainer with cifarlit's device policy, plus ``explore`` and predict-to-CSV.
+
+The device policy is what a user should not have to know:
+
+- ``deterministic: auto`` (the default): bit-identical runs on the CPU, where PyTorch's deterministic kernels
+  cost nothing measurable; on a GPU the run is seeded (same initial weights, shuffles and augmentation draws)
+  but PyTorch is free to pick its fastest kernels, some of which add in a varying order (benchmarks/README.md
+  has the measured cost of ``deterministic: true`` there). ``true``, ``false`` and ``warn`` mean what they mean
+  to Lightning.
+- ``float32_matmul_precision: high``: TF32 tensor cores for float32 matmuls on GPUs that have them (Lightning
+  asks every GPU user to choose this); on the CPU ``high`` gives the same results as ``highest``.
+- a profiler that costs nothing unless one is asked for (see :class:`NoProfiler`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.utilities import rank_zero_info
+
+from cifarlit.data import CIFAR10DataModule
+from cifarlit.errors import CifarlitError
+from cifarlit.model import LitMLP
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+class NoProfiler(PassThroughProfiler):
+    """Lightning's pass-through profiler without the context manager it builds around every hook call.
+
+    Lightning wraps each hook of each callback, the module, the data module and the strategy in
+    ``profiler.profile(name)``; the pass-through one still creates a generator-based context per call, 60 or so
+    per training step with the default callbacks. This one hands back one shared no-op context instead.
+    """
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+        return _NO_CONTEXT
+
+
+class CifarTrainer(Trainer):
+    """Lightning's Trainer; every Trainer option is accepted as it is, with two more and one more value.
+
+    Args:
+        deterministic: ``auto`` = ``true`` on the CPU (bit-identical runs), seeded but free to use
+            non-deterministic kernels on a GPU (faster; runs may differ in the last bits and grow apart).
+            ``true`` makes GPU runs bit-identical too, at a cost; ``warn`` only warns about non-deterministic ops.
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` for this process: ``high`` (TF32 on
+            GPUs with tensor cores), ``highest`` (full float32) or ``medium`` (bfloat16 internally).
+    """
+
+    def __init__(
+        self,
+        *,
+        deterministic: bool | Literal["warn", "auto"] | None = "auto",
+        float32_matmul_precision: Literal["highest", "high", "medium"] = "high",
+        **kwargs,
+    ) -> None:
+        torch.set_float32_matmul_precision(float32_matmul_precision)  # before Lightning checks it, in __init__
+        if not kwargs.get("barebones") and kwargs.get("profiler") is None:
+            kwargs["profiler"] = NoProfiler()
+        super().__init__(deterministic=None if deterministic == "auto" else deterministic, **kwargs)
+        if deterministic == "auto":
+            on_cpu = self.strategy.root_device.type == "cpu"
+            torch.use_deterministic_algorithms(on_cpu)  # process-global: set either way, whatever ran before
+            if not on_cpu:
+                rank_zero_info(
+                    f"trainer.deterministic=auto: the run is seeded but not bit-reproducible on "
+                    f"{self.strategy.root_device.type}; set trainer.deterministic true for identical runs (slower)."
+                )
+
+    def explore(
+        self,
+        model: LitMLP,
+        datamodule: CIFAR10DataModule,
+        format: Literal["table", "json"] = "table",
+        samples_per_class: int = 8,
+        grid_path: str | None = "explore.png",
+        log_grid: bool = False,
+    ) -> dict:
+        """Describe the data per split: sizes, classes, channels, resolution, dtype, range, mean/std, balance.
+
+        Args:
+            format: ``table`` for people, ``json`` for scripts.
+            samples_per_class: images per class in the sample grid.
+            grid_path: where to save the PNG grid of samples (``null`` for none).
+            log_grid: also log the grid to the run's TensorBoard logger.
+        """
+        from cifarlit import report
+
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        classes = datamodule.classes
+        splits = {
+            name: report.describe(ds.x, ds.y, classes)
+            for name, ds in (
+                ("train", datamodule.train_set),
+                ("val", datamodule.val_set),
+                ("test", datamodule.test_set),
+            )
+        }
+        print(report.to_json(splits, classes) if format == "json" else report.format_table(splits, classes))
+        if grid_path or log_grid:
+            ds = datamodule.train_set
+            fig = report.sample_grid(ds.x, ds.y, classes, samples_per_class, Path(grid_path or "explore.png"))
+            if grid_path and format == "table":
+                print(f"\nsample grid: {grid_path}")
+            if log_grid and self.logger is not None:
+                self.logger.experiment.add_figure("explore/samples", fig)
+                self.logger.experiment.flush()
+        return splits
+
+    def predict(
+        self,
+        model: LitMLP | None = None,
+        dataloaders=None,
+        datamodule: CIFAR10DataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output: str | None = None,
+        probabilities: bool = False,
+    ) -> list[torch.Tensor]:
+        """Predict the test split, or the images in ``--data.predict_dir``, and write them to a CSV.
+
+        Args:
+            return_predictions: ignored: the CSV needs them, so they are always kept (and returned).
+            ckpt_path: the trained checkpoint; it holds the weights, the class names and the normalization
+                statistics, so the training data need not be on disk.
+            output: the CSV to write (``id,label``; ``id`` is the file-name stem, or the index in the test
+                split). Default: ``predictions.csv`` in the run directory, or here without a logger.
+            probabilities: add a ``prob_<class>`` column per class.
+        """
+        from cifarlit.predict import write_csv
+
+        if self.world_size > 1:
+            raise CifarlitError(
+                "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
+            )
+        batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
+        probs = torch.cat([b.float().cpu() for b in batches])  # (N, num_classes), each row sums to 1
+        dm = self.datamodule
+        ids = getattr(dm, "predict_ids", None) or [str(i) for i in range(len(probs))]
+        classes = tuple(dm.classes) if dm is not None else tuple(str(i) for i in range(probs.shape[1]))
+        if len(classes) != probs.shape[1]:
+            raise CifarlitError(
+                f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
+                "use the checkpoint and data of the same training run."
+            )
+        path = Path(output) if output else Path(self.log_dir if self.logger else ".") / "predictions.csv"
+        write_csv(path, ids, probs, classes, probabilities)
+        print(f"predictions for {len(ids)} images: {path}")
+        return batches
