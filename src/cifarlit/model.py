@@ -99,6 +99,7 @@ class LitMLP(L.LightningModule):
             {f"{stage}_{name}": MeanMetric(nan_strategy="disable") for stage in STAGES for name in ("loss", "acc")}
         )
         self._tallies: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {stage: [] for stage in STAGES}
+        self._first_step = 0  # global step at the start of the training epoch
 
     @property
     def head_name(self) -> str:
@@ -153,18 +154,27 @@ class LitMLP(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def on_before_backward(self, loss: torch.Tensor) -> None:
-        # Stop at the first non-finite loss, before it reaches the weights or a checkpoint. Reading the loss is
-        # free on the CPU; on an accelerator it is a host sync, so there it is read every log_every_n_steps.
-        step = self.global_step
-        if self.device.type != "cpu" and step % max(1, self.trainer.log_every_n_steps) != 0:
+    def _check_finite(self) -> None:
+        """Stop with one sentence if a training loss of this epoch was NaN or infinite.
+
+        Checked where something is about to be kept (before every checkpoint is written, and at the end of each
+        training epoch), not at every step: reading a loss on the host stalls a GPU until the step is done. So a
+        run that goes bad stops within the epoch and no checkpoint ever holds the damaged weights.
+        """
+        tally = self._tallies["train"]
+        if not tally:
             return
-        if not torch.isfinite(loss).item():
-            raise CifarlitError(
-                f"the training loss became {loss.item()} at step {step} (epoch {self.current_epoch}); training "
-                f"stopped and the last good checkpoint is kept. Lower the learning rate "
-                f"(--model.optimizer.init_args.lr) or check the data for bad values."
-            )
+        losses = torch.stack([loss for loss, _, _ in tally]).float()
+        finite = torch.isfinite(losses)
+        if bool(finite.all()):  # the one host sync
+            return
+        i = int((~finite).nonzero()[0])
+        step = self._first_step + i // max(1, self.trainer.accumulate_grad_batches)
+        raise CifarlitError(
+            f"the training loss became {losses[i].item()} at step {step} (epoch {self.current_epoch}); training "
+            f"stopped before any checkpoint kept the damaged weights (the last good checkpoint stays). Lower the "
+            f"learning rate (--model.optimizer.init_args.lr) or check the data for bad values."
+        )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -174,6 +184,7 @@ class LitMLP(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._start_epoch("train")
+        self._first_step = self.global_step  # names the step of a non-finite loss
 
     def on_validation_epoch_start(self) -> None:
         self._start_epoch("val")
@@ -182,6 +193,7 @@ class LitMLP(L.LightningModule):
         self._start_epoch("test")
 
     def on_train_epoch_end(self) -> None:
+        self._check_finite()
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -207,6 +219,7 @@ class LitMLP(L.LightningModule):
             os.environ[_NVML_CHECK] = saved
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._check_finite()  # raising here means the file is never written
         # Lightning restores weights, optimizer, scheduler, loops and callbacks; the RNG states make a resumed
         # run shuffle and augment exactly as the uninterrupted one would have.
         checkpoint["cifarlit_rng_states"] = rng_states()
