@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -94,7 +95,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         augment: training-set augmentation (see :class:`cifarlit.augment.AugmentConfig`).
         cache: cache decoded image folders in ``data_dir/.cifarlit-cache.npz``.
         on_device: keep the whole uint8 dataset on the training GPU (CIFAR-10 is 180 MB), so an epoch makes no
-            host-to-device copies. Needs ``num_workers: 0``; ignored on the CPU.
+            host-to-device copies. ``auto`` does so when training on a GPU, with ``num_workers: 0`` and the
+            batched augmentation, if the images take at most half of the GPU's free memory, and says so when they
+            do not; ``true`` insists (an error if they cannot be). Ignored on the CPU.
         keep_classes: train, validate and test on these classes only (names), relabelled 0..k-1 in this order;
             the transfer-learning experiment uses it to split CIFAR-10 into two 5-class tasks.
         test_size: fraction or number of training images held out as the test split, stratified; used only
@@ -118,7 +121,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         augment: AugmentConfig | None = None,
         cache: bool = True,
-        on_device: bool = False,
+        on_device: bool | Literal["auto"] = "auto",
         keep_classes: list[str] | None = None,
         test_size: int | float = 0.2,
         predict_dir: str | None = None,
@@ -132,9 +135,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise DataError(f"data.{option}={value} is not valid: use a positive number of images per batch.")
-        if on_device and num_workers > 0:
+        if on_device is True and num_workers > 0:
             raise DataError(
-                f"data.on_device=true needs data.num_workers=0 (got {num_workers}): workers cannot index GPU memory."
+                f"data.on_device=true needs data.num_workers=0 (got {num_workers}): workers cannot index GPU memory; "
+                "use data.on_device auto or false with workers."
+            )
+        if on_device is True and self.augment_on_host:
+            raise DataError(
+                "data.on_device=true cannot be used with data.augment.backend=albumentations, which augments each "
+                "image on the CPU: use data.augment.backend batched (it runs on the GPU), or data.on_device auto."
             )
         if num_workers < 0:
             raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
@@ -217,7 +226,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.train_idx, self.val_idx = train_idx, val_idx
         self.split_fingerprint = split_fingerprint(train_idx, val_idx, raw.fingerprint, test_idx)
         transform = None
-        if self.augment.preset != "none" and self.augment.backend == "albumentations":
+        if self.augment_on_host:
             transform = AlbumentationsBatch(self.augment, seed=seed)
         pick = lambda t, idx: t.index_select(0, torch.from_numpy(idx))  # noqa: E731 -- 2x faster than t[idx]
         self.train_set = ArrayDataset(pick(x, train_idx), pick(y, train_idx), transform)
@@ -229,7 +238,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.test_set = ArrayDataset(test_x, torch.from_numpy(raw.test_y))
         self.test_idx = test_idx  # positions in train/ of a carved test split; None for an official one
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if self.hparams.on_device and device.type != "cpu":
+        if self._keep_on(device):
             for ds in (self.train_set, self.val_set, self.test_set):
                 ds.x, ds.y = ds.x.to(device), ds.y.to(device)
         carved = f" (carved from {self.data_dir / 'train'}: no test/ folder)" if carve_test else ""
@@ -237,6 +246,28 @@ class CIFAR10DataModule(L.LightningDataModule):
             f"data: {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images{carved}, "
             f"{len(raw.classes)} classes, split {self.split_fingerprint}"
         )
+
+    def _keep_on(self, device: torch.device) -> bool:
+        """Whether the datasets move to ``device``, by ``data.on_device`` (see the class docstring)."""
+        want = self.hparams.on_device
+        if device.type == "cpu" or want is False:
+            return False
+        if want == "auto" and (self.hparams.num_workers > 0 or self.augment_on_host):
+            return False
+        need = sum(t.nbytes for ds in (self.train_set, self.val_set, self.test_set) for t in (ds.x, ds.y))
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        if free is None or need <= free / 2:
+            return True
+        gib = f"{need / 2**30:.1f} GiB of images, {free / 2**30:.1f} GiB free on {device}"
+        if want is True:
+            raise DataError(f"data.on_device=true: {gib}; use data.on_device auto or false to keep them in RAM.")
+        rank_zero_info(f"data.on_device=auto: {gib}, so the images stay in RAM and each batch is copied over.")
+        return False
+
+    @property
+    def augment_on_host(self) -> bool:
+        """albumentations augments uint8 images in the loader, on the CPU."""
+        return self.augment.preset != "none" and self.augment.backend == "albumentations"
 
     def _setup_predict_folder(self) -> None:
         x, self.predict_ids = sources.load_unlabelled_folder(Path(self.hparams.predict_dir).expanduser())
@@ -282,6 +313,12 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         return self._loader(self.predict_set, False, self.hparams.eval_batch_size)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        x, y = batch
+        if x.device == device and y.device == device:  # data.on_device, or training on the CPU: nothing to copy
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 ``(B, 3, H, W)`` on the device -> augmented (training only), normalized float."""
         x, y = batch
@@ -291,21 +328,22 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def to_input(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """uint8 images -> the float, normalized input the model sees (augmented if asked)."""
-        scale, shift = self._affine(x.device)
-        if augment:
-            x = self.batch_augment(x.float().div_(255)).mul_(scale * 255)
+        scale, shift, scale_unit = self._affine(x.device)
+        if augment:  # the augmentations work on [0, 1] images
+            x = self.batch_augment(x.float().div_(255)).mul_(scale_unit)
         else:
             x = x.float().mul_(scale)
         # In place with (1, C, 1, 1) operands: `(x - mean) / std` took 11.7 ms per 512 images on this CPU
         # (a slow broadcasting path), mul_ + add_ 0.34 ms.
         return x.add_(shift)
 
-    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_uint8 * scale + shift) == (x / 255 - mean) / std, cached per device."""
+    def _affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_uint8 * scale + shift) == (x / 255 - mean) / std, cached per device, and scale for [0, 1] images."""
         key = (str(device), self.mean.data_ptr())
         if getattr(self, "_affine_key", None) != key:
             std = self.std.view(1, -1, 1, 1).to(device)
-            self._affine_cache = (1 / (255 * std), (-self.mean.view(1, -1, 1, 1).to(device) / std))
+            scale = 1 / (255 * std)
+            self._affine_cache = (scale, (-self.mean.view(1, -1, 1, 1).to(device) / std), scale * 255)
             self._affine_key = key
         return self._affine_cache
 
