@@ -64,9 +64,8 @@ class BatchAugment(nn.Module):
         # Every random number of the batch in one draw (each small op costs ~10 us on 2 CPU cores): per image,
         # flip, y offset, x offset, the colour choice and three RGB shifts.
         r = torch.rand(b, 7, device=x.device, generator=generator)
-        if self.cfg.preset == "flip":  # no resampling needed: mirror the chosen half in place
-            idx = torch.nonzero(r[:, 0] < 0.5).flatten()
-            return x.index_copy_(0, idx, x.index_select(0, idx).flip(-1))
+        if self.cfg.preset == "flip":  # no resampling needed: mirror the chosen half
+            return select_apply(x, r[:, 0] < 0.5, lambda im: im.flip(-1))
         flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
         if self.cfg.preset == "course":
             # Crop `crop` pixels at an integer offset, stretched back to (h, w): scale crop/size, shift to the
@@ -98,19 +97,34 @@ class BatchAugment(nn.Module):
 def _gray_or_shift(x: torch.Tensor, u: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """OneOf(ToGray p=0.2, RGBShift p=0.3) at p=0.5: pick one by weight 0.2 : 0.3, apply it to half the images.
 
-    ``u`` is one uniform number per image, ``offsets`` its ``(B, 3, 1, 1)`` channel shifts. Works on the chosen
-    images only (``index_select``/``index_copy_``; advanced indexing was ~10x slower here), with per-channel
-    scalar ops: whole-batch `torch.where` and (B, 3, 1, 1) broadcasts cost 3 ms per 64 images on 2 CPU cores.
+    ``u`` is one uniform number per image, ``offsets`` its ``(B, 3, 1, 1)`` channel shifts.
     """
-    gray_idx = torch.nonzero(u < 0.5 * 0.4).flatten()
-    shift_idx = torch.nonzero((u >= 0.5 * 0.4) & (u < 0.5)).flatten()
-    if len(gray_idx):
-        g = x.index_select(0, gray_idx)
-        luma = g[:, 0] * GRAY_WEIGHTS[0] + g[:, 1] * GRAY_WEIGHTS[1] + g[:, 2] * GRAY_WEIGHTS[2]
-        x.index_copy_(0, gray_idx, luma.unsqueeze(1).expand(-1, 3, -1, -1))
-    if len(shift_idx):
-        shifted = x.index_select(0, shift_idx).add_(offsets.index_select(0, shift_idx)).clamp_(0, 1)
-        x.index_copy_(0, shift_idx, shifted)
+
+    def gray(im: torch.Tensor) -> torch.Tensor:
+        luma = im[:, 0] * GRAY_WEIGHTS[0] + im[:, 1] * GRAY_WEIGHTS[1] + im[:, 2] * GRAY_WEIGHTS[2]
+        return luma.unsqueeze(1).expand(-1, 3, -1, -1)
+
+    x = select_apply(x, u < 0.5 * 0.4, gray)
+    return select_apply(x, (u >= 0.5 * 0.4) & (u < 0.5), lambda im, off: im.add(off).clamp_(0, 1), offsets)
+
+
+def select_apply(
+    x: torch.Tensor, chosen: torch.Tensor, fn, *params: torch.Tensor, by_index: bool | None = None
+) -> torch.Tensor:
+    """``fn(images, *params)`` on the images where the ``(B,)`` mask ``chosen`` is true; the others unchanged.
+
+    On the CPU (``by_index``) only the chosen images are gathered and written back (``index_select`` /
+    ``index_copy_``): whole-batch selects and broadcasts were several times slower on 2 cores. On a GPU the
+    whole batch goes through ``torch.where`` instead, since finding the chosen indices (``nonzero``) would make
+    the host wait for the GPU at every step. Both give the same images. ``x`` may be modified in place.
+    """
+    if by_index is None:
+        by_index = x.device.type == "cpu"
+    if not by_index:
+        return torch.where(chosen.view(-1, *[1] * (x.dim() - 1)), fn(x, *params), x)
+    idx = torch.nonzero(chosen).flatten()
+    if len(idx):
+        x.index_copy_(0, idx, fn(x.index_select(0, idx), *(p.index_select(0, idx) for p in params)))
     return x
 
 
