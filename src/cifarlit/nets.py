@@ -67,6 +67,24 @@ class MLP(nn.Module):
         return self.head(self.layers(x))
 
 
+class GlobalPool(nn.Module):
+    """Global max or mean over height and width, ``(B, C, H, W) -> (B, C, 1, 1)``.
+
+    The same as ``nn.AdaptiveMaxPool2d(1)`` / ``nn.AdaptiveAvgPool2d(1)``, built from plain reductions: the
+    adaptive pools have no deterministic CUDA backward, so ``trainer.deterministic: true`` refuses them on a GPU.
+
+    >>> GlobalPool("mean")(torch.arange(8.0).view(1, 2, 2, 2)).flatten().tolist()
+    [1.5, 5.5]
+    """
+
+    def __init__(self, mode: Literal["max", "mean"] = "max") -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax((2, 3), keepdim=True) if self.mode == "max" else x.mean((2, 3), keepdim=True)
+
+
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     # No conv bias: the BatchNorm that follows has its own shift.
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -104,7 +122,7 @@ class SmallCNN(nn.Module):
                 layers += conv_bn(c_in if i == 0 else width, width)
             layers.append(nn.MaxPool2d(2))
             c_in = width
-        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]  # (B, C, h, w) -> (B, C)
+        layers += [GlobalPool("max"), nn.Flatten()]  # (B, C, h, w) -> (B, C)
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         self.features = nn.Sequential(*layers)
@@ -161,6 +179,7 @@ class TorchvisionNet(nn.Module):
         if small_input and hasattr(model, "conv1") and hasattr(model, "maxpool"):
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
+        _replace_global_pools(model)
         self.model = model
         self.head_name = "model." + _head_name(model)
 
@@ -188,6 +207,14 @@ def _pretrained(name: str, builder, weights: str) -> nn.Module:
             f"machine with internet, copy the file here and pass it with --model.init_from <file> "
             f"(leave weights unset)."
         ) from None
+
+
+def _replace_global_pools(model: nn.Module) -> None:
+    """Swap adaptive pools to 1x1 for :class:`GlobalPool` (same output, deterministic backward on a GPU)."""
+    kinds = {nn.AdaptiveAvgPool2d: "mean", nn.AdaptiveMaxPool2d: "max"}
+    for name, module in list(model.named_modules()):
+        if type(module) in kinds and module.output_size in (1, (1, 1)):
+            _set_submodule(model, name, GlobalPool(kinds[type(module)]))
 
 
 def _head_name(model: nn.Module) -> str:
