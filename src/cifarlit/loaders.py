@@ -56,7 +56,10 @@ class TensorBatchSampler(BatchSampler):
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = self._order()
         device = _dataset_device(self.sampler)
-        if device is not None and device.type != "cpu":
+        if device is not None and device.type == "cuda":
+            # From page-locked memory without waiting: a plain copy would make the host wait for the GPU.
+            order = order.pin_memory().to(device, non_blocking=True)
+        elif device is not None and device.type != "cpu":
             order = order.to(device)
         batches = order.split(self.batch_size)
         if self.drop_last and len(order) % self.batch_size:
