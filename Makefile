@@ -1,14 +1,16 @@
 # cifarlit — every step of the workflow is one target. `make help` lists them.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+# PY=python3 uses that interpreter as it is (a machine without the venv, e.g. the GPU machine): no install step.
+PY ?= $(VENV)/bin/python
+VENV_STAMP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/.installed,)
 DATA_DIR ?=
 CONFIG ?= configs/default.yaml
 DATA_ARG := $(if $(DATA_DIR),--data.data_dir $(DATA_DIR),)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all test-slow bench tensorboard lint clean experiments tune transfer
+.PHONY: help venv train test test-all test-slow test-gpu bench tensorboard lint clean experiments tune transfer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-venv: $(VENV)/.installed  ## create .venv and install cifarlit with its dev tools
+venv: $(VENV_STAMP)  ## create .venv and install cifarlit with its dev tools
 
 train: venv  ## train the default config (DATA_DIR=<folder> to use local data, CONFIG=<yaml> for another)
 	$(PY) -m cifarlit fit --config $(CONFIG) $(DATA_ARG)
@@ -27,8 +29,11 @@ train: venv  ## train the default config (DATA_DIR=<folder> to use local data, C
 test: venv  ## the fast test suite (no network, a few minutes on 2 cores)
 	$(PY) -m pytest
 
-test-all: venv  ## every test, including the slow ones (real data when ../shared/data is present)
+test-all: venv  ## every test, including the slow ones (real data when ../shared/data is present) and gpu ones
 	$(PY) -m pytest -m ""
+
+test-gpu: venv  ## the GPU specifications (skipped without CUDA): every config on the GPU, no host syncs, ...
+	$(PY) -m pytest -m gpu
 
 test-slow: venv  ## only the slow tests: real data, determinism, kill-and-resume, DDP, TensorBoard server
 	$(PY) -m pytest -m slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,11 +14,28 @@ from lightning.pytorch import Callback
 
 from cifarlit.cli import cli_main
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def run_cli(*args: str):
     """`cifarlit ARGS` in this process; returns the LightningCLI."""
     sys.argv = ["cifarlit"]  # LightningCLI warns when pytest's own arguments are there next to `args`
     return cli_main(list(args))
+
+
+CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if not p.name.endswith("_space.yaml"))
+
+
+def config_args(config: Path) -> list[str]:
+    """The `-c` files of the command in the config's header comment (which must exist and end with the config)."""
+    text = (REPO / config).read_text()
+    if config == Path("configs/default.yaml"):
+        return ["-c", str(REPO / config)]
+    match = re.search(r"^#\s+cifarlit fit ((?:-c \S+\s*)+)$", text, re.MULTILINE)
+    assert match, f"{config} must start with the comment that runs it: '#   cifarlit fit -c ... -c {config}'"
+    files = match.group(1).split()[1::2]
+    assert files[-1] == str(config), f"{config}: its header command runs {files[-1]} instead"
+    return [arg for f in files for arg in ("-c", str(REPO / f))]
 
 
 def out_dir() -> Path:

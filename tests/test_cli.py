@@ -12,22 +12,9 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import run_cli
+from helpers import CONFIGS, config_args, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if not p.name.endswith("_space.yaml"))
-
-
-def config_args(config: Path) -> list[str]:
-    """The `-c` files of the command in the config's header comment (which must exist and end with the config)."""
-    text = (REPO / config).read_text()
-    if config == Path("configs/default.yaml"):
-        return ["-c", str(REPO / config)]
-    match = re.search(r"^#\s+cifarlit fit ((?:-c \S+\s*)+)$", text, re.MULTILINE)
-    assert match, f"{config} must start with the comment that runs it: '#   cifarlit fit -c ... -c {config}'"
-    files = match.group(1).split()[1::2]
-    assert files[-1] == str(config), f"{config}: its header command runs {files[-1]} instead"
-    return [arg for f in files for arg in ("-c", str(REPO / f))]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
