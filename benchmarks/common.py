@@ -66,36 +66,50 @@ def markers(out: subprocess.CompletedProcess, marker: str) -> list[float]:
 # Lightning's floor: the same model and data with Trainer(barebones=True): no callbacks, logger, progress bar,
 # checkpointing or model summary.
 BAREBONES = ("--trainer.barebones", "true", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+             "--trainer.enable_model_summary", "false",
              "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
              "--trainer.log_every_n_steps", "0")  # fmt: skip
 
 
-def fit_epochs(data: str, *args: str, barebones: bool = False) -> list[float]:
-    """Seconds per epoch (its val pass included) of ``cifarlit fit`` with the default config plus ``args``, in a
-    fresh process: each run starts from a clean heap, as a user's does."""
+def fit_run(
+    data: str, *args: str, barebones: bool = False, configs: tuple[str, ...] = (), accelerator: str = "cpu"
+) -> subprocess.CompletedProcess:
+    """``cifarlit fit`` with the default config (plus ``configs``, then ``args``) in a fresh process, timed by
+    :class:`benchmarks.timers.FitTimer`: each run starts from a clean heap, as a user's does."""
     logs = tempfile.mkdtemp(prefix="cifarlit-bench-")
     where = BAREBONES if barebones else ("--trainer.logger.init_args.save_dir", logs)
     data = str(Path(data).resolve())
-    out = subprocess.run(  # without a logger Lightning writes to the working directory: a temporary one
-        [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), "--data.data_dir", data,
-         "--trainer.accelerator", "cpu", "--trainer.enable_model_summary", "false", "--test_after_fit", "false",
-         *where, "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
+    config_args = [arg for c in configs for arg in ("-c", str(REPO / c))]
+    return subprocess.run(  # without a logger Lightning writes to the working directory: a temporary one
+        [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), *config_args, "--data.data_dir", data,
+         "--trainer.accelerator", accelerator, "--test_after_fit", "false", *where,
+         "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
         capture_output=True, text=True, cwd=logs, env=ENV,
     )  # fmt: skip
-    return markers(out, "EPOCH_SECONDS")
 
 
-def plain_epochs(
-    split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False, device: str = "cpu"
-) -> list[float]:
-    """Seconds per epoch of the plain PyTorch loop (benchmarks/plain_loop.py), in a fresh process without
-    Lightning."""
-    out = subprocess.run(
+def fit_epochs(data: str, *args: str, **kwargs) -> list[float]:
+    """Seconds per epoch (its val pass included) of :func:`fit_run`."""
+    return markers(fit_run(data, *args, **kwargs), "EPOCH_SECONDS")
+
+
+def plain_run(
+    split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False, device: str = "cpu", net: str = "mlp",
+    hidden_sizes: list[int] | None = None,
+) -> subprocess.CompletedProcess:  # fmt: skip
+    """The plain PyTorch loop (benchmarks/plain_loop.py) in a fresh process without Lightning."""
+    sizes = [] if hidden_sizes is None else ["--hidden_sizes", *map(str, hidden_sizes)]
+    return subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), str(split), "--batch_size", str(batch_size),
-         "--epochs", str(epochs), "--device", device, *(["--like_cifarlit"] if like_cifarlit else [])],
+         "--epochs", str(epochs), "--device", device, "--net", net, *sizes,
+         *(["--like_cifarlit"] if like_cifarlit else [])],
         capture_output=True, text=True, cwd=REPO, env=ENV,
     )  # fmt: skip
-    return markers(out, "EPOCH_SECONDS")
+
+
+def plain_epochs(split: Path, batch_size: int, epochs: int, **kwargs) -> list[float]:
+    """Seconds per epoch of :func:`plain_run`."""
+    return markers(plain_run(split, batch_size, epochs, **kwargs), "EPOCH_SECONDS")
 
 
 class Stopwatch:

@@ -21,6 +21,11 @@ class FitTimer(Callback):
             print(f"EPOCH_SECONDS {now - self.epoch_start}", flush=True)
         self.epoch_start = now
 
+    def on_validation_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("val/loss")  # none under barebones: nothing is logged
+        if loss is not None and not trainer.sanity_checking:  # every digit: are two runs the same?
+            print(f"VAL_LOSS {float(loss):.10g}", flush=True)
+
     def on_train_end(self, trainer, pl_module):
         now = time.perf_counter()
         print(f"EPOCH_SECONDS {now - self.epoch_start}", flush=True)
