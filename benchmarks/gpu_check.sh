@@ -10,7 +10,7 @@
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_check_logs}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 data=${CIFAR10:-${1:-}}
 [ -n "$data" ] || { echo "set CIFAR10 (or pass the CIFAR-10 folder) first" >&2; exit 2; }
 export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -29,10 +29,11 @@ stage() {  # stage NAME SECONDS COMMAND...: run it under a time limit, log it, p
   python3 -c "import torch, lightning; print('torch', torch.__version__, '| lightning', lightning.__version__)"
 } 2>&1 | tee -a "$out/summary.txt"
 
-# The cache of decoded images is written by the first run that needs it; later ones load it in a second.
 test_gpu=(make test-gpu PY=python3)
 command -v make > /dev/null || test_gpu=(python3 -m pytest -m gpu)  # what `make test-gpu` runs
-PYTEST_ADDOPTS="-n 8 -q" stage test-gpu 170 "${test_gpu[@]}"
+workers=$(python3 -c "import xdist" 2> /dev/null && echo "-n 8")  # 16 cores: tests in parallel when it can
+CIFARLIT_SYNC_REPORT="$out/syncs.txt" PYTEST_ADDOPTS="$workers -q" stage test-gpu 170 "${test_gpu[@]}"
+# The first run that needs the real images decodes them into a cache in $CIFAR10; later runs load it in a second.
 stage gpu-epoch 250 python3 benchmarks/gpu_epoch.py --data.data_dir "$data" --json "$out/gpu_epoch.json"
 stage recipe 130 python3 -m cifarlit fit -c configs/default.yaml -c configs/experiments/best_mlp.yaml \
   -c configs/experiments/best_mlp_long.yaml --data.data_dir "$data" --trainer.callbacks+=benchmarks.timers.FitTimer \

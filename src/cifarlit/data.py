@@ -241,6 +241,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if self._keep_on(device):
             for ds in (self.train_set, self.val_set, self.test_set):
                 ds.x, ds.y = ds.x.to(device), ds.y.to(device)
+        self._affine(device)  # copied to the device now, not by the first batch (a copy makes the host wait)
         carved = f" (carved from {self.data_dir / 'train'}: no test/ folder)" if carve_test else ""
         rank_zero_info(
             f"data: {len(self.train_set)} train / {len(self.val_set)} val / {len(self.test_set)} test images{carved}, "
