@@ -32,7 +32,7 @@ def setup_dm(root, **kwargs) -> CIFAR10DataModule:
     ("kwargs", "match"),
     [
         ({"val_size": 0.0}, r"data.val_size=0.0 is not valid"),
-        ({"val_size": 1.0}, r"data.val_size=1.0 is not valid"),
+        ({"val_size": 1.0}, r"data.val_size=1 does not fit the 200 training images"),  # 1.0 is a count
         ({"val_size": 500}, r"data.val_size=500 does not fit the 200 training images"),
         ({"val_size": 0}, r"data.val_size=0 is not valid"),
         ({"train_subset": 0}, r"data.train_subset=0 is not a valid count: use 1..160"),
@@ -49,6 +49,15 @@ def test_bad_data_options(pickle_root, kwargs, match):
     with pytest.raises(DataError, match=match):
         setup_dm(pickle_root, **kwargs)
     assert snapshot(pickle_root) == before
+
+
+@pytest.mark.parametrize("given", [16, 16.0])
+def test_a_whole_number_is_a_count_even_as_a_float(pickle_root, given):
+    # A config parser may hand `train_subset: 16` (typed int | float) over as 16.0: still 16 images, and 1.0 is
+    # one image (the ladder's first rung), never "all of them".
+    assert len(setup_dm(pickle_root, train_subset=given).train_set) == 16
+    dm = setup_dm(pickle_root, train_subset=float(given) / 16, val_size=float(given) * 2)
+    assert len(dm.train_set) == 1 and len(dm.val_set) == 32
 
 
 def test_subset_smaller_than_the_class_count_is_drawn_at_random_and_says_so(pickle_root, caplog):

@@ -105,7 +105,7 @@ def test_test_size_is_ignored_when_the_folder_has_a_test_split(tmp_path):
     ("test_size", "match"),
     [
         (0.0, r"data.test_size=0.0 is not valid"),
-        (1.0, r"data.test_size=1.0 is not valid"),
+        (1.0, r"data.test_size=1 does not fit the 90 training images"),  # a whole number is a count
         (0, r"data.test_size=0 is not valid"),
         (89, r"data.test_size=89 does not fit the 90 training images: .* needs 3..87"),
     ],

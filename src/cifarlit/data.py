@@ -29,8 +29,8 @@ def _subset_indices(labels: np.ndarray, size: int | float, seed: int, option: st
     """Stratified subset of ``size`` (a count or a fraction) of the positions in ``labels``."""
     n = len(labels)
     if isinstance(size, float):
-        if not 0 < size <= 1:
-            raise DataError(f"{option}={size} is not a valid fraction: use a number in (0, 1] or a count >= 1.")
+        if not 0 < size < 1:
+            raise DataError(f"{option}={size} is not a valid fraction: use a number in (0, 1) or a count >= 1.")
         count = max(1, round(size * n))
     else:
         count = int(size)
@@ -64,6 +64,14 @@ def _stratified_split(labels: np.ndarray, size: int | float, seed: int, option: 
     return np.sort(keep), np.sort(held)
 
 
+def _count_or_fraction(size: int | float | None) -> int | float | None:
+    """A size is a count (a whole number >= 1) or a fraction in (0, 1). A whole float counts too: 16.0 is 16
+    images (a config parser may turn the 16 of ``int | float`` into 16.0), and 1.0 one image, not all of them."""
+    if isinstance(size, float) and size >= 1 and size.is_integer():
+        return int(size)
+    return size
+
+
 def _check_split_size(size: int | float, option: str) -> None:
     if isinstance(size, float) and not 0 < size < 1:
         raise DataError(f"{option}={size} is not valid: use a fraction in (0, 1), e.g. 0.2, or a count.")
@@ -84,7 +92,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         download: allow downloading CIFAR-10 when ``data_dir`` holds no dataset.
         val_size: fraction (0.2) or number (10000) of training images held out for validation, stratified.
         seed: seed of the train/val split and subsets only, so the training seed never moves val images.
-        train_subset: debug subset of the training split: a count (1, 16, ...) or a fraction (0.1),
+        train_subset: debug subset of the training split: a count (1, 16, ...) or a fraction in (0, 1) (0.1),
             drawn stratified from the split (after val is held out). ``null`` = all of it.
         val_subset: the same for the validation split.
         batch_size: images per training step.
@@ -129,6 +137,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         super().__init__()
         self.augment = augment or AugmentConfig()
         self.save_hyperparameters(ignore=["augment"])
+        for option in ("val_size", "test_size", "train_subset", "val_subset"):
+            self.hparams[option] = _count_or_fraction(self.hparams[option])
+        val_size, test_size = self.hparams.val_size, self.hparams.test_size
         # As a plain dict, so checkpoints stay loadable with torch.load(weights_only=True).
         self.hparams["augment"] = dataclasses.asdict(self.augment)
         self.data_dir = Path(data_dir).expanduser()
