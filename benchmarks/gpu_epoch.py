@@ -42,14 +42,14 @@ def cifarlit(data: str, epochs: int, *args: str, configs=(), barebones=False) ->
     return common.markers(out, "EPOCH_SECONDS"), re.findall(r"VAL_LOSS (\S+)", out.stdout)
 
 
-def group(name: str, data: str, epochs: int, splits: dict) -> list[dict]:
+def group(name: str, data: str, epochs: int, splits: dict, repeats: int = 2) -> list[dict]:
     configs, bs, val_size, net, target = GROUPS[name]
     if val_size not in splits:
         splits[val_size] = Path(tempfile.mkdtemp(prefix="cifarlit-bench-")) / "split.pt"
         export_split(data, splits[val_size], val_size)
     split = splits[val_size]
     batch = ("--data.batch_size", str(bs))
-    runs = [cifarlit(data, epochs, *batch, configs=configs) for _ in range(2)]  # twice: does it reproduce?
+    runs = [cifarlit(data, epochs, *batch, configs=configs) for _ in range(repeats)]  # twice: does it reproduce?
     bare, _ = cifarlit(data, epochs, *batch, configs=configs, barebones=True)
     device = ACCELERATOR[accelerator]
     plain = common.plain_epochs(split, bs, epochs, device=device, net=net)
@@ -63,25 +63,24 @@ def group(name: str, data: str, epochs: int, splits: dict) -> list[dict]:
         "barebones/plain": round(times["barebones"] / times["plain"], 3),
         "cifarlit/barebones": round(times["cifarlit"] / times["barebones"], 3),
         "target": f"<= {target} x plain, or <= 1.05 x barebones where barebones/plain > {target}",
-        "reproduced": runs[0][1] == runs[1][1],
-        "val_loss per epoch": runs[0][1],
-        "val_loss per epoch, second run": runs[1][1],
+        "reproduced": runs[0][1] == runs[-1][1] if len(runs) > 1 else None,
+        "val_loss per epoch": [r[1] for r in runs],
     }
     return [row]
 
 
-def determinism(data: str, epochs: int) -> list[dict]:
+def determinism(data: str, epochs: int, repeats: int = 2) -> list[dict]:
     """``deterministic: true`` against the default ``auto`` on a GPU: the time, and whether two runs agree."""
     rows = []
     for name, configs, bs in (("mlp512", (), 512), ("cnn", CNN, 128)):
         args = ("--data.batch_size", str(bs), "--trainer.deterministic", "true")
-        runs = [cifarlit(data, epochs, *args, configs=configs) for _ in range(2)]
+        runs = [cifarlit(data, epochs, *args, configs=configs) for _ in range(repeats)]
         auto = [cifarlit(data, epochs, "--data.batch_size", str(bs), configs=configs)]
         rows.append({
             "benchmark": f"gpu {name} deterministic: true vs auto",
             "true s/epoch": round(min(min(r[0]) for r in runs), 4), "auto s/epoch": round(min(auto[0][0]), 4),
             "ratio": round(min(min(r[0]) for r in runs) / min(auto[0][0]), 3),
-            "reproduced": runs[0][1] == runs[1][1], "val_loss per epoch": runs[0][1],
+            "reproduced": runs[0][1] == runs[-1][1] if repeats > 1 else None, "val_loss per epoch": runs[0][1],
         })  # fmt: skip
     return rows
 
@@ -99,6 +98,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--only", nargs="*", choices=[*GROUPS, "determinism", "precision"])
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--repeats", type=int, default=2, help="cifarlit runs per row (2: does it reproduce?)")
     parser.add_argument("--accelerator", choices=list(ACCELERATOR), default="gpu", help="cpu: try the script out")
     args = parser.parse_args()
     global accelerator
@@ -109,9 +109,11 @@ def main() -> None:
     for name in args.only or [*GROUPS, "determinism", "precision"]:
         try:
             if name in GROUPS:
-                new = group(name, str(data), args.epochs, splits)
+                new = group(name, str(data), args.epochs, splits, args.repeats)
+            elif name == "determinism":
+                new = determinism(str(data), max(3, args.epochs - 1), args.repeats)
             else:
-                new = {"determinism": determinism, "precision": precision}[name](str(data), max(3, args.epochs - 1))
+                new = precision(str(data), max(3, args.epochs - 1))
         except RuntimeError as err:  # one failing run must not throw away the others' minutes
             print(f"{name} failed: {err}", file=sys.stderr, flush=True)
             new = [{"benchmark": name, "detail": "FAILED (see stderr)"}]
