@@ -72,8 +72,9 @@ BAREBONES = ("--trainer.barebones", "true", "--trainer.logger", "false", "--trai
 
 
 def fit_run(
-    data: str, *args: str, barebones: bool = False, configs: tuple[str, ...] = (), accelerator: str = "cpu"
-) -> subprocess.CompletedProcess:
+    data: str, *args: str, barebones: bool = False, configs: tuple[str, ...] = (), accelerator: str = "cpu",
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:  # fmt: skip
     """``cifarlit fit`` with the default config (plus ``configs``, then ``args``) in a fresh process, timed by
     :class:`benchmarks.timers.FitTimer`: each run starts from a clean heap, as a user's does."""
     logs = tempfile.mkdtemp(prefix="cifarlit-bench-")
@@ -84,7 +85,7 @@ def fit_run(
         [sys.executable, "-m", "cifarlit", "fit", "-c", str(DEFAULT_CONFIG), *config_args, "--data.data_dir", data,
          "--trainer.accelerator", accelerator, "--test_after_fit", "false", *where,
          "--trainer.callbacks+=benchmarks.timers.FitTimer", *args],
-        capture_output=True, text=True, cwd=logs, env=ENV,
+        capture_output=True, text=True, cwd=logs, env={**ENV, **(env or {})},
     )  # fmt: skip
 
 
@@ -95,7 +96,7 @@ def fit_epochs(data: str, *args: str, **kwargs) -> list[float]:
 
 def plain_run(
     split: Path, batch_size: int, epochs: int, like_cifarlit: bool = False, device: str = "cpu", net: str = "mlp",
-    hidden_sizes: list[int] | None = None,
+    hidden_sizes: list[int] | None = None, env: dict | None = None,
 ) -> subprocess.CompletedProcess:  # fmt: skip
     """The plain PyTorch loop (benchmarks/plain_loop.py) in a fresh process without Lightning."""
     sizes = [] if hidden_sizes is None else ["--hidden_sizes", *map(str, hidden_sizes)]
@@ -103,7 +104,7 @@ def plain_run(
         [sys.executable, str(REPO / "benchmarks" / "plain_loop.py"), str(split), "--batch_size", str(batch_size),
          "--epochs", str(epochs), "--device", device, "--net", net, *sizes,
          *(["--like_cifarlit"] if like_cifarlit else [])],
-        capture_output=True, text=True, cwd=REPO, env=ENV,
+        capture_output=True, text=True, cwd=REPO, env={**ENV, **(env or {})},
     )  # fmt: skip
 
 

@@ -32,10 +32,10 @@ stage() {  # stage NAME SECONDS COMMAND...: run it under a time limit, log it, p
 test_gpu=(make test-gpu PY=python3)
 command -v make > /dev/null || test_gpu=(python3 -m pytest -m gpu)  # what `make test-gpu` runs
 workers=$(python3 -c "import xdist" 2> /dev/null && echo "-n 8")  # 16 cores: tests in parallel when it can
-CIFARLIT_SYNC_REPORT="$out/syncs.txt" PYTEST_ADDOPTS="$workers -v -p no:cacheprovider" stage test-gpu 170 "${test_gpu[@]}"
+CIFARLIT_SYNC_REPORT="$out/syncs.txt" PYTEST_ADDOPTS="$workers -v -p no:cacheprovider" stage test-gpu 150 "${test_gpu[@]}"
 # The first run that needs the real images decodes them into a cache in $CIFAR10; later runs load it in a second.
-stage gpu-epoch 250 python3 benchmarks/gpu_epoch.py --data.data_dir "$data" --json "$out/gpu_epoch.json"
-stage recipe 130 python3 -m cifarlit fit -c configs/default.yaml -c configs/experiments/best_mlp.yaml \
+stage gpu-epoch 300 python3 benchmarks/gpu_epoch.py --data.data_dir "$data" --epochs 3 --json "$out/gpu_epoch.json"
+stage recipe 90 python3 -m cifarlit fit -c configs/default.yaml -c configs/experiments/best_mlp.yaml \
   -c configs/experiments/best_mlp_long.yaml --data.data_dir "$data" --trainer.callbacks+=benchmarks.timers.FitTimer \
   --trainer.logger.init_args.save_dir /tmp/gpu_check_runs  # checkpoints are too big to bring back
 grep -h -e "FIT_SECONDS" -e "test/acc " "$out/recipe.log" | tee -a "$out/summary.txt"

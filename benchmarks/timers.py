@@ -14,12 +14,14 @@ class FitTimer(Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.start = self.epoch_start = time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def on_train_epoch_start(self, trainer, pl_module):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if trainer.current_epoch > 0:
             print(f"EPOCH_SECONDS {now - self.epoch_start}", flush=True)
-        self.epoch_start = now
+            print(f"EPOCH_CPU_SECONDS {cpu - self.cpu_start}", flush=True)  # all threads of the process
+        self.epoch_start, self.cpu_start = now, cpu
 
     def on_validation_end(self, trainer, pl_module):
         loss = trainer.callback_metrics.get("val/loss")  # none under barebones: nothing is logged
@@ -29,6 +31,7 @@ class FitTimer(Callback):
     def on_train_end(self, trainer, pl_module):
         now = time.perf_counter()
         print(f"EPOCH_SECONDS {now - self.epoch_start}", flush=True)
+        print(f"EPOCH_CPU_SECONDS {time.process_time() - self.cpu_start}", flush=True)
         print(f"FIT_SECONDS {now - self.start}", flush=True)
 
 
