@@ -144,7 +144,7 @@ def test_nan_loss_stops_before_a_checkpoint_and_keeps_the_last_good_one(pickle_r
 
 
 def test_checkpoint_errors_name_the_file(tmp_path, pickle_root):
-    from cifarlit.cli import check_checkpoint
+    from cifarlit.checkpoints import load_checkpoint as check_checkpoint
 
     truncated = tmp_path / "cut.ckpt"
     torch.save({"state_dict": {"net.layers.1.weight": torch.zeros(3)}, "hyper_parameters": {}}, truncated)

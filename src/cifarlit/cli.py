@@ -11,6 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must ne
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
+from cifarlit import checkpoints  # noqa: E402
 from cifarlit.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
 from cifarlit.data import CIFAR10DataModule  # noqa: E402
 from cifarlit.errors import CifarlitError  # noqa: E402
@@ -34,20 +35,33 @@ class CifarCLI(LightningCLI):
             help="After fit, test the best checkpoint on the test split.",
         )
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand) if self.subcommand else None
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
         if config is None:
             return
         ckpt = config.get("ckpt_path")
-        if self.subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
+        if subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
             raise CifarlitError(
                 f"predict needs --ckpt_path with a checkpoint file written by `cifarlit fit` (got {ckpt!r}), e.g. "
                 "lightning_logs/default/version_0/checkpoints/last.ckpt."
             )
+        # Refused here, in one sentence, before LightningCLI reads the file for its hyperparameters.
         if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
-            check_checkpoint(Path(ckpt))
-        if self.subcommand == "fit" and ckpt:
-            resume_into_same_run(config, ckpt)
+            checkpoints.load_checkpoint(Path(ckpt))
+        if "weights_only" in config:  # what Lightning's own reads use: tensors and plain values, never code
+            if config.weights_only is False:
+                raise CifarlitError(
+                    "--weights_only false is not supported: cifarlit reads checkpoints as tensors and plain values "
+                    "only (weights_only true), since unpickling anything else can run code from the file."
+                )
+            config.weights_only = True
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if self.subcommand == "fit" and config is not None and config.get("ckpt_path"):
+            resume_into_same_run(config, config.ckpt_path)
 
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())
@@ -56,7 +70,7 @@ class CifarCLI(LightningCLI):
         # The model comes from the checkpoint's own hyperparameters: the data (and so data.num_classes, linked
         # into the config's model) may be absent or different when predicting new images.
         ckpt = self.config.predict.ckpt_path
-        self.model = type(self.model).load_from_checkpoint(ckpt, map_location="cpu")
+        self.model = type(self.model).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -67,30 +81,7 @@ class CifarCLI(LightningCLI):
             return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         trainer.callbacks.append(PerClassReport())  # not during fit: every callback costs every training step
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
-
-
-def check_checkpoint(path: Path) -> None:
-    """Fail with one sentence naming the file if it is missing, truncated or not a cifarlit checkpoint."""
-    import torch
-
-    if not path.is_file():
-        raise CifarlitError(
-            f"--ckpt_path {path} does not exist; pass a checkpoint file (lightning_logs/<name>/version_N/checkpoints/"
-            "*.ckpt), or 'last' to resume the newest run of a fit."
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for damaged files
-        raise CifarlitError(
-            f"--ckpt_path {path} cannot be read ({err.__class__.__name__}); it may be truncated by a crash: use "
-            "another checkpoint from the same folder, e.g. last.ckpt or the best epoch."
-        ) from None
-    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
-    if not any(key.startswith("net.") for key in state) or "hyper_parameters" not in ckpt:
-        raise CifarlitError(
-            f"--ckpt_path {path} is not a cifarlit checkpoint (no LitMLP weights and hyperparameters in it)."
-        )
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True)
 
 
 def resume_into_same_run(config, ckpt: str) -> None:

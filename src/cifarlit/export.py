@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cifarlit import checkpoints
 from cifarlit.errors import CifarlitError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -46,18 +47,16 @@ class ExportedClassifier(nn.Module):
 
 def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
     """The checkpoint's network wrapped for export, and its input shape ``(C, H, W)``."""
-    from cifarlit.cli import check_checkpoint
     from cifarlit.data import CIFAR10DataModule
     from cifarlit.model import LitMLP
 
-    check_checkpoint(ckpt_path)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = checkpoints.load_checkpoint(ckpt_path)  # tensors and plain values only: a crafted file runs nothing
     data_state = ckpt.get(CIFAR10DataModule.__qualname__)  # the DataModule's state_dict(): mean, std, classes
     if data_state is None or data_state.get("mean") is None:
         raise CifarlitError(
             f"--ckpt_path {ckpt_path} holds no normalization statistics; export a checkpoint written by `cifarlit fit`."
         )
-    module = LitMLP.load_from_checkpoint(ckpt_path, map_location="cpu")
+    module = LitMLP.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     classes = data_state.get("classes") or [str(i) for i in range(module.hparams.num_classes)]
     model = ExportedClassifier(module.net, data_state["mean"], data_state["std"], classes).eval()
     return model, tuple(module.hparams.image_shape)

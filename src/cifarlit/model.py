@@ -76,9 +76,12 @@ class LitMLP(L.LightningModule):
             raise CifarlitError(f"model.num_classes={num_classes} is not valid: a classifier needs at least 2 classes.")
         if not 0 <= label_smoothing < 1:
             raise CifarlitError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1).")
-        # From the CLI, hparams are the config (net as class_path/init_args: load_from_checkpoint rebuilds it). A
-        # net passed as a Python object is left out: it would make checkpoints need pickle to load.
-        self.save_hyperparameters(ignore=["net"] if net is not None and not _cli_is_building() else None)
+        # Hyperparameters are the config, as plain values: from the CLI they arrive as class_path/init_args; built
+        # in Python, the factories are written the same way, so every checkpoint loads with weights_only=True (no
+        # pickled classes) and load_from_checkpoint rebuilds the module with LightningCLI's instantiator.
+        self.save_hyperparameters()
+        if not _cli_is_building():
+            _plain_hparams(self.hparams)
         if net is None:
             _check_mlp(hidden_sizes, dropout)
             self.net = MLP(num_classes, tuple(image_shape), list(hidden_sizes), norm, dropout, activation)
@@ -281,6 +284,29 @@ def _target_class(factory) -> type | None:
         if inspect.isclass(candidate):
             return candidate
     return None
+
+
+def _plain_hparams(hparams: dict) -> None:
+    """Write the factories among ``hparams`` (optimizer, scheduler, network) as LightningCLI's ``class_path`` /
+    ``init_args``; leave out one that cannot be written so (a lambda, a partial with objects in it)."""
+    for key in ("optimizer", "lr_scheduler", "net"):
+        value = hparams.get(key)
+        if value is None or isinstance(value, dict):
+            continue
+        cls, kwargs = _target_class(value), dict(getattr(value, "keywords", {}))
+        if cls is None or getattr(value, "args", ()) or not _is_plain(kwargs):
+            hparams.pop(key)  # load_from_checkpoint then needs it passed again
+        else:
+            hparams[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": kwargs}
+    hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+
+
+def _is_plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _cli_is_building() -> bool:

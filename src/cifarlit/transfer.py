@@ -7,14 +7,16 @@ differ in shape; any other difference means a different architecture and is an e
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from cifarlit import checkpoints
 from cifarlit.errors import CifarlitError
+
+WEIGHTS_HELP = "a .ckpt from an earlier run or a file written by torch.save(model.state_dict(), path)"
 
 
 @dataclass
@@ -38,23 +40,10 @@ class LoadReport:
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """The network's tensors (the LightningModule's ``net.`` prefix removed) and, for a cifarlit checkpoint, the
     class names its head was trained on."""
-    if not path.is_file():
-        raise CifarlitError(
-            f"model.init_from={path} does not exist; pass a .ckpt from an earlier run or a weights file."
-        )
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # e.g. a checkpoint whose hparams hold Python objects; the user chose it
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for damaged or foreign files
-        raise CifarlitError(
-            f"model.init_from={path} cannot be read as PyTorch weights ({err.__class__.__name__}); pass a .ckpt or "
-            "a file written by torch.save(model.state_dict())."
-        ) from None
+    obj = checkpoints.load(path, f"model.init_from={path}", WEIGHTS_HELP)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CifarlitError(f"model.init_from={path} holds no state_dict of tensors.")
+        raise CifarlitError(f"model.init_from={path} holds no state_dict of tensors; pass {WEIGHTS_HELP}.")
     if any(k.startswith("net.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     data_state = obj.get("CIFAR10DataModule") if isinstance(obj, dict) else None
