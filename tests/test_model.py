@@ -155,10 +155,11 @@ def test_total_steps_given_in_the_config_is_kept():
 def test_docstring_examples():
     import doctest
 
-    from cifarlit import export, nets, schedules
+    from cifarlit import export, files, nets, predict, schedules
 
-    for module in (nets, schedules, export):
-        assert doctest.testmod(module).failed == 0
+    for module in (nets, schedules, export, files, predict):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 def test_bf16_mixed_precision_trains_on_cpu(pickle_root, tmp_path):

@@ -44,10 +44,25 @@ def test_study_prunes_resumes_and_writes_the_best_settings(pickle_root, tmp_path
 
     best = yaml.safe_load((tmp_path / "lightning_logs" / "tune_t" / "best.yaml").read_text())
     assert best == {"model": {"optimizer": {"init_args": {"lr": 0.01}}, "hidden_sizes": [32]}}
-    assert "1 complete, 1 pruned" in capsys.readouterr().out
+    assert "1 complete, 1 pruned, 0 failed" in capsys.readouterr().out
 
     assert tune(tmp_path, pickle_root, "--n_trials", "1") == 0  # the same command resumes the study
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text("model.optimizer.init_args.lr: {type: categorical, choices: [1.0e+9, 0.01]}\n")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
+    study.enqueue_trial({"model.optimizer.init_args.lr": 1.0e9})  # the loss turns NaN: the trial fails
+    study.enqueue_trial({"model.optimizer.init_args.lr": 0.01})
+    assert tune(tmp_path, pickle_root, "--n_trials", "2", "--model.optimizer", "torch.optim.SGD") == 0
+    trials = optuna.load_study(study_name="t", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    best = yaml.safe_load((tmp_path / "lightning_logs" / "tune_t" / "best.yaml").read_text())
+    assert best == {"model": {"optimizer": {"init_args": {"lr": 0.01}}}}
+    assert "1 complete, 0 pruned, 1 failed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from cifarlit.files import atomic_write
+
 HINTS = (
     "check: data shapes (do images and labels line up?), labels (shuffled separately from images?), "
     "the loss (cross-entropy on raw logits?), the learning rate (0, or far too high/low?) and max_epochs"
@@ -134,9 +136,8 @@ class RunRecord(SaveConfigCallback):
             "python": platform.python_version(),
             "packages": packages,
         }
-        path = Path(log_dir) / "run_info.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info, indent=2) + "\n")
+        with atomic_write(Path(log_dir) / "run_info.json") as f:
+            f.write(json.dumps(info, indent=2) + "\n")
 
 
 class PerClassReport(Callback):
@@ -201,12 +202,11 @@ class PerClassReport(Callback):
     def _write(self, run_dir: Path, trainer) -> None:
         import csv
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "confusion_matrix.csv", "w", newline="") as f:
+        with atomic_write(run_dir / "confusion_matrix.csv", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["true\\predicted", *self.classes])
             writer.writerows([name, *row] for name, row in zip(self.classes, self.matrix.tolist(), strict=True))
-        with open(run_dir / "per_class_accuracy.csv", "w", newline="") as f:
+        with atomic_write(run_dir / "per_class_accuracy.csv", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["class", "images", "correct", "accuracy"])
             for name, n, right, acc in zip(

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cifarlit.errors import CifarlitError
+from cifarlit.files import atomic_path, atomic_write
 
 CURVES = ("loss", "acc")
 
@@ -108,8 +109,8 @@ def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     table = summary_table(runs)
     print(table)
     if args.table:
-        Path(args.table).write_text(table + "\n")
+        with atomic_write(Path(args.table)) as f:
+            f.write(table + "\n")
     print(f"\ncurves: {args.output}")
     return 0

@@ -18,6 +18,7 @@ from torch import nn
 
 from cifarlit import checkpoints
 from cifarlit.errors import CifarlitError
+from cifarlit.files import atomic_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -69,12 +70,12 @@ def export(ckpt_path: Path, format: str, output: Path | None = None) -> Path:
     model, (c, h, w) = load(ckpt_path)
     if output is None:  # next to the checkpoint, e.g. checkpoints/last.onnx
         output = ckpt_path.with_name(ckpt_path.name.removesuffix(".ckpt") + FORMATS[format])
-    output.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, h, w, c, dtype=torch.uint8)
-    if format == "torchscript":
-        torch.jit.save(torch.jit.script(model), str(output))
-    else:
-        _export_onnx(model, example, output)
+    with atomic_path(output) as tmp:  # a failed or killed export leaves no half model under the name
+        if format == "torchscript":
+            torch.jit.save(torch.jit.script(model), str(tmp))
+        else:
+            _export_onnx(model, example, tmp)
     return output
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from cifarlit.files import atomic_write
+
 
 def write_csv(
     path: Path, ids: list[str], probs: torch.Tensor, classes: tuple[str, ...], probabilities: bool = False
@@ -23,9 +25,8 @@ def write_csv(
     """
     if probs.shape != (len(ids), len(classes)):
         raise ValueError(f"{tuple(probs.shape)} probabilities for {len(ids)} images and {len(classes)} classes")
-    path.parent.mkdir(parents=True, exist_ok=True)
     labels = probs.argmax(1).tolist()
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:  # whole or not at all
         writer = csv.writer(f)
         writer.writerow(["id", "label", *(f"prob_{c}" for c in classes)] if probabilities else ["id", "label"])
         for i, (id_, label) in enumerate(zip(ids, labels, strict=True)):

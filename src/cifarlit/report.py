@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifarlit.files import atomic_path
+
 
 def describe(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> dict:
     """Statistics of one split of uint8 images ``(N, C, H, W)`` and labels."""
@@ -90,6 +92,6 @@ def sample_grid(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...], per_
                 ax.imshow(x[chosen[col]].permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
         axes[row][0].set_title(name, fontsize=7, loc="left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     return fig

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from cifarlit.errors import CifarlitError
+from cifarlit.files import atomic_write
 
 KINDS = ("float", "int", "categorical")
 
@@ -127,19 +128,20 @@ def main(argv: list[str]) -> int:
             raise KeyboardInterrupt
         return max(reported) if args.direction == "maximize" else min(reported)
 
-    study.optimize(objective, n_trials=args.n_trials, catch=())
+    # A trial that fails (a NaN loss, settings that do not fit the data) is recorded as failed, with its error
+    # in Optuna's log, and the study goes on; a wrong option ends it (LightningCLI exits) and Ctrl-C stops it.
+    study.optimize(objective, n_trials=args.n_trials, catch=(Exception,))
+    states = [t.state for t in study.trials]
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    print(f"\nstudy {args.study_name} in {storage}: {len(finished)} complete, {len(pruned)} pruned trials")
+    pruned, failed = states.count(optuna.trial.TrialState.PRUNED), states.count(optuna.trial.TrialState.FAIL)
+    print(f"\nstudy {args.study_name} in {storage}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
     if not finished:
         return 1
     best = study.best_trial
     best_file = Path("lightning_logs") / f"tune_{args.study_name}" / "best.yaml"
-    best_file.parent.mkdir(parents=True, exist_ok=True)
-    best_file.write_text(
-        f"# best of study {args.study_name}: {args.metric} {best.value:.4f} (trial {best.number})\n"
-        + yaml.safe_dump(nested(best.params), sort_keys=False)
-    )
+    with atomic_write(best_file) as f:
+        f.write(f"# best of study {args.study_name}: {args.metric} {best.value:.4f} (trial {best.number})\n")
+        f.write(yaml.safe_dump(nested(best.params), sort_keys=False))
     print(f"best {args.metric} {best.value:.4f} (trial {best.number}):")
     for key, value in best.params.items():
         print(f"  {key}: {value}")

@@ -1,0 +1,77 @@
+"""Every file cifarlit writes appears whole or not at all: a killed or failing writer leaves the previous file
+(or none) under the real name, and the next run writes it normally."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cifarlit.files import atomic_write
+from cifarlit.predict import write_csv
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from cifarlit.files import atomic_write
+with atomic_write(sys.argv[1]) as f:
+    f.write("id,label\\nhalf")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("before", [None, "id,label\nold,cat\n"])
+def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path, before):
+    target = tmp_path / "predictions.csv"
+    if before is not None:
+        target.write_text(before)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)], capture_output=True)
+    assert killed.returncode == -9  # SIGKILL, mid-write
+    assert (target.read_text() if target.exists() else None) == before  # never the half file
+    with atomic_write(target) as f:  # the next run is not disturbed by the leftover
+        f.write("id,label\nnew,dog\n")
+    assert target.read_text() == "id,label\nnew,dog\n"
+
+
+def test_a_failing_writer_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write("half")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_predictions_csv_is_whole_or_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "p.csv"
+    target.write_text("id,label\nold,cat\n")
+
+    class FailsOnSecondRow:
+        def __init__(self, f) -> None:
+            self.rows = 0
+
+        def writerow(self, row) -> None:
+            self.rows += 1
+            if self.rows == 2:
+                raise OSError("No space left on device")
+
+    monkeypatch.setattr(csv, "writer", FailsOnSecondRow)
+    with pytest.raises(OSError):
+        write_csv(target, ["a", "b"], torch.tensor([[0.9, 0.1], [0.2, 0.8]]), ("cat", "dog"))
+    assert target.read_text() == "id,label\nold,cat\n"
+
+
+def test_a_failed_export_leaves_no_model_file(own_run, tmp_path, monkeypatch):
+    from cifarlit import export
+
+    def half_then_fail(module, path):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a model")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(torch.jit, "save", half_then_fail)
+    with pytest.raises(RuntimeError):
+        export.export(own_run.ckpt, "torchscript", tmp_path / "model.pt")
+    assert list(tmp_path.glob("*model*")) == []
