@@ -217,3 +217,41 @@ def test_the_default_config_trains_with_fused_adam_unless_told_not_to(extra, fus
     (optimizer,) = cli.trainer.optimizers
     assert isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults["fused"]) is fused
     assert optimizer.defaults["lr"] == 0.001  # the config's arguments still apply
+
+
+def _logger_config(save_dir, version=None):
+    from jsonargparse import Namespace
+
+    init_args = Namespace(save_dir=str(save_dir), name="run", version=version)
+    logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=init_args)
+    return Namespace(trainer=Namespace(logger=logger))
+
+
+def test_every_run_claims_its_own_folder_before_anything_is_built(tmp_path, monkeypatch):
+    from cifarlit import runs
+
+    first, second = _logger_config(tmp_path), _logger_config(tmp_path)
+    runs.claim_run_dir(first)
+    runs.claim_run_dir(second)  # started "at the same time": the first folder already exists
+    assert (first.trainer.logger.init_args.version, second.trainer.logger.init_args.version) == (0, 1)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["version_0", "version_1"]
+    (tmp_path / "run" / "version_7").mkdir()
+    third = _logger_config(tmp_path)
+    runs.claim_run_dir(third)
+    assert third.trainer.logger.init_args.version == 8
+    given = _logger_config(tmp_path, version=3)
+    runs.claim_run_dir(given)
+    assert given.trainer.logger.init_args.version == 3 and not (tmp_path / "run" / "version_3").exists()
+    monkeypatch.setattr(runs.rank_zero_only, "rank", 1)  # a DDP worker: rank 0 claims, Lightning shares it
+    worker = _logger_config(tmp_path)
+    runs.claim_run_dir(worker)
+    assert worker.trainer.logger.init_args.version is None
+
+
+def test_a_fit_writes_into_the_folder_it_claimed(pickle_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lightning_logs" / "claimed" / "version_0").mkdir(parents=True)  # e.g. another run's, just made
+    cli = run_cli("fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root),
+                  "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "claimed")  # fmt: skip
+    assert Path(cli.trainer.log_dir).name == "version_1"
+    assert not any((tmp_path / "lightning_logs" / "claimed" / "version_0").iterdir())

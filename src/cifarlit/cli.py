@@ -11,7 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must ne
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from cifarlit import checkpoints  # noqa: E402
+from cifarlit import checkpoints, runs  # noqa: E402
 from cifarlit.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
 from cifarlit.data import CIFAR10DataModule  # noqa: E402
 from cifarlit.errors import CifarlitError  # noqa: E402
@@ -60,8 +60,11 @@ class CifarCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if self.subcommand == "fit" and config is not None and config.get("ckpt_path"):
-            resume_into_same_run(config, config.ckpt_path)
+        if config is None:
+            return
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            runs.resume_into_same_run(config, config.ckpt_path)
+        runs.claim_run_dir(config)
 
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())
@@ -82,38 +85,6 @@ class CifarCLI(LightningCLI):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         trainer.callbacks.append(PerClassReport())  # not during fit: every callback costs every training step
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True)
-
-
-def resume_into_same_run(config, ckpt: str) -> None:
-    """Point the TensorBoard logger at the run being resumed, so curves and checkpoints continue in one folder.
-
-    ``--ckpt_path last`` resumes the newest ``version_N`` of the configured logger name; a checkpoint path
-    inside ``<save_dir>/<name>/version_N/checkpoints/`` resumes that run.
-    """
-    logger = config.trainer.get("logger")
-    args = getattr(logger, "init_args", None)
-    if (
-        args is None
-        or not str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger")
-        or args.get("version") is not None
-    ):
-        return
-    run_root = Path(args.get("save_dir") or "lightning_logs") / (args.get("name") or "lightning_logs")
-    if ckpt == "last":
-        versions = sorted(
-            (int(p.name.split("_")[1]), p)
-            for p in run_root.glob("version_*")
-            if p.name.split("_")[1].isdigit() and (p / "checkpoints" / "last.ckpt").is_file()
-        )
-        if versions:
-            args.version = versions[-1][0]
-        return
-    path = Path(ckpt).resolve()
-    if path.parent.name == "checkpoints" and path.parent.parent.parent == run_root.resolve():
-        version = path.parent.parent.name
-        args.version = (
-            int(version.split("_")[1]) if version.startswith("version_") and version[8:].isdigit() else version
-        )
 
 
 def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI:
