@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from cifarlit import sources
 from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
-from cifarlit.loaders import ArrayDataset, TensorBatchSampler, whole_batch, worker_init
+from cifarlit.loaders import ArrayDataset, EvalBatchSampler, TrainBatchSampler, whole_batch, worker_init
 from cifarlit.sources import DataError
 
 
@@ -288,6 +288,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         rank_zero_info(f"predict: {len(x)} images from {self.hparams.predict_dir}")
 
     def _loader(self, dataset: ArrayDataset, shuffle: bool, batch_size: int) -> DataLoader:
+        """Training batches shuffled (``shuffle``), or every image once in order for val/test/predict."""
         workers = self.hparams.num_workers
         if workers > 0:
             # Leave the workers their cores: oversubscribed torch threads are the slowest thing on 2 cores.
@@ -295,7 +296,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         return DataLoader(
             dataset,
-            batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last=False),
+            batch_sampler=(TrainBatchSampler if shuffle else EvalBatchSampler)(sampler, batch_size, drop_last=False),
             collate_fn=whole_batch,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory and dataset.x.device.type == "cpu",

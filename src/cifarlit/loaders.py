@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sized
 
 import torch
-from torch.utils.data import BatchSampler, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 
 class ArrayDataset(Dataset):
@@ -61,10 +61,13 @@ class TensorBatchSampler(BatchSampler):
             order = order.pin_memory().to(device, non_blocking=True)
         elif device is not None and device.type != "cpu":
             order = order.to(device)
+        yield from self._batches(order)
+
+    def _batches(self, order: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batches = order.split(self.batch_size)
         if self.drop_last and len(order) % self.batch_size:
             batches = batches[:-1]
-        yield from batches
+        return batches
 
     def _order(self) -> torch.Tensor:
         sampler = self.sampler
@@ -79,6 +82,50 @@ class TensorBatchSampler(BatchSampler):
                 generator.manual_seed(seed)
                 return torch.randperm(len(sampler.data_source), generator=generator)
         return torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+
+
+class TrainBatchSampler(TensorBatchSampler):
+    """The training batches: a last batch of a single image is left out of the epoch (another image is left out
+    each epoch, as the order changes), since BatchNorm cannot normalize one image in training mode. Lightning
+    re-creates this class, with this behaviour, around the ``DistributedSampler`` of each process under DDP."""
+
+    def _batches(self, order: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batches = super()._batches(order)
+        return batches[:-1] if len(batches) > 1 and len(batches[-1]) == 1 else batches
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return (
+            n // self.batch_size if self.drop_last or (n % self.batch_size == 1 and n > 1) else -(-n // self.batch_size)
+        )
+
+
+class EvalBatchSampler(TensorBatchSampler):
+    """Validation, test and predict batches: every image exactly once, also under DDP.
+
+    Lightning's ``DistributedSampler`` pads the split to a multiple of the process count by repeating images,
+    which would count those twice in the metrics and the per-class report. Here each process takes every
+    ``world``-th image from its rank on, unpadded; all processes make the same number of batches (one collective
+    per forward pass of a BatchNorm network under DDP must line up), of at most ``batch_size`` images.
+    """
+
+    def _order(self) -> torch.Tensor:
+        sampler = self.sampler
+        if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
+            return torch.arange(sampler.rank, len(sampler.dataset), sampler.num_replicas)
+        return super()._order()
+
+    def _batches(self, order: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not isinstance(self.sampler, DistributedSampler):
+            return super()._batches(order)
+        return order.tensor_split(len(self))
+
+    def __len__(self) -> int:
+        sampler = self.sampler
+        if not isinstance(sampler, DistributedSampler):
+            return super().__len__()
+        largest = -(-len(sampler.dataset) // sampler.num_replicas)  # the first ranks' share
+        return max(1, -(-largest // self.batch_size))
 
 
 def _dataset_device(sampler: Sized) -> torch.device | None:

@@ -129,8 +129,10 @@ class LitMLP(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled_net(x) if self.hparams.compile else self.net(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> torch.Tensor | None:
         x, y = batch
+        if len(y) == 0:  # a process's share of a split smaller than the process count (EvalBatchSampler)
+            return None
         logits = self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
@@ -224,12 +226,17 @@ class LitMLP(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._check_finite()  # raising here means the file is never written
         # Lightning restores weights, optimizer, scheduler, loops and callbacks; the RNG states make a resumed
-        # run shuffle and augment exactly as the uninterrupted one would have.
-        checkpoint["cifarlit_rng_states"] = rng_states()
+        # run shuffle and augment exactly as the uninterrupted one would have. Every process of a DDP run has its
+        # own (each draws for its own batches, on its own GPU); only rank 0 writes the file, so it holds them all.
+        checkpoint["cifarlit_rng_states"] = _gather(rng_states())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "cifarlit_rng_states" in checkpoint:
-            set_rng_states(checkpoint["cifarlit_rng_states"])
+        states = checkpoint.get("cifarlit_rng_states")
+        if isinstance(states, dict):  # a checkpoint of one process, or from before the states were per rank
+            states = [states]
+        if states:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            set_rng_states(states[rank] if rank < len(states) else states[0])
 
     def configure_optimizers(self):
         # Only trainable parameters: BackboneFinetuning adds the frozen backbone as its own group later.
@@ -340,6 +347,17 @@ def _check_mlp(hidden_sizes, dropout) -> None:
     for p in drops:
         if not 0 <= p < 1:
             raise CifarlitError(f"model.dropout={dropout} is not valid: each probability must be in [0, 1).")
+
+
+def _gather(state: dict) -> list[dict]:
+    """``state`` of every process of a DDP run, in rank order (only this process's outside one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)  # the run's own processes, in memory: not a file
+    return states
 
 
 def rng_states() -> dict:
