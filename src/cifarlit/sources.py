@@ -34,6 +34,7 @@ CACHE_NAME = ".cifarlit-cache.npz"
 CACHE_VERSION = 1
 IMAGE_SIZE = 32
 
+REDO_PICKLES = f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again"
 HOW_TO_GET_DATA = (
     f"put CIFAR-10's '{PICKLE_DIR}' folder (or '{ARCHIVE}') there, or an image folder laid out as "
     "ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*; the repository's README explains both"
@@ -142,18 +143,59 @@ def load(root: Path, cache: bool = True) -> RawData:
 # --- CIFAR-10's python pickle batches -------------------------------------------------------------------------
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+# The globals that CIFAR-10's batches (Python-2 protocol-2 pickles of a dict holding one uint8 array) and numpy
+# 1.x/2.x re-pickles of them name; any other global in a batch file would be called while reading it.
+_BATCH_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),  # the official release, and numpy 1.x
+    ("numpy._core.multiarray", "_reconstruct"),  # numpy 2.x
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes (the array's buffer) in a protocol-2 pickle
+})  # fmt: skip
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global outside :data:`_BATCH_GLOBALS`."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10 batches without running code: a pickle can call any importable function while it loads."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    """The dict in a CIFAR-10 pickle file; a file that would run code, or is damaged, is a DataError."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()  # latin1: Python 2's byte strings, as numpy does
+        if not isinstance(entry, dict):
+            raise TypeError(f"it holds a {type(entry).__name__}, not a dict")
+    except _RefusedGlobal as err:
+        raise DataError(
+            f"{path} holds Python objects that reading it would run as code ({err}), not a CIFAR-10 batch, so it "
+            f"was not read: {REDO_PICKLES}."
+        ) from None
+    except Exception as err:  # pickle raises many types for a damaged file
+        raise DataError(
+            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); {REDO_PICKLES}."
+        ) from None
+    return entry
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    entry = _unpickle(path)
+    try:
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
         if labels.shape != (len(data),):
             raise ValueError("labels and images differ in number")
-    except Exception as err:  # pickle raises many types for a damaged file
+    except Exception as err:  # a dict without the arrays of a batch
         raise DataError(
-            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); "
-            f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again."
+            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); {REDO_PICKLES}."
         ) from None
     return data.transpose(0, 2, 3, 1), labels  # (N, 3, H, W) -> (N, H, W, 3)
 
@@ -168,8 +210,10 @@ def load_pickle_batches(folder: Path) -> RawData:
     classes = CIFAR10_CLASSES
     meta = folder / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as f:
-            classes = tuple(pickle.load(f, encoding="latin1")["label_names"])
+        names = _unpickle(meta).get("label_names")
+        if not isinstance(names, list):
+            raise DataError(f"{meta} is not CIFAR-10's batches.meta (it has no list of label_names); {REDO_PICKLES}.")
+        classes = tuple(names)
     files = [*train_files, folder / "test_batch"]
     return RawData(
         train_x=np.concatenate([p[0] for p in parts]),

@@ -1,0 +1,137 @@
+"""Nothing read from disk is trusted: pickles cannot run code, damaged images are all reported at once, a
+one-class folder is a data error, an interrupted run leaves nothing half-written, and concurrent runs decode once."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarlit import sources
+from cifarlit.data import CIFAR10DataModule
+from cifarlit.sources import DataError
+from helpers import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = str(REPO / "configs" / "default.yaml")
+
+
+def fit_cli(data_dir: Path, tmp_path: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`cifarlit fit` on ``data_dir`` for one epoch that must fail; returns its exit code and stderr."""
+    monkeypatch.chdir(tmp_path)  # lightning_logs/ goes here
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(data_dir), "--trainer.max_epochs", "1", *args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_one_error_line(stderr: str, *fragments: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+# --- CIFAR-10's pickle batches cannot run code -----------------------------------------------------------------
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a crafted ``data_batch_1`` could do to whoever reads it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted_copy(pickle_root: Path, tmp_path: Path, victim: str) -> tuple[Path, Path]:
+    """A copy of ``pickle_root`` whose ``victim`` file would create a marker file when unpickled."""
+    root = tmp_path / "crafted"
+    shutil.copytree(pickle_root, root)
+    marker = tmp_path / "code-ran"
+    payload = (
+        {"data": RunsCode(marker), "labels": [0]} if victim != "batches.meta" else {"label_names": RunsCode(marker)}
+    )
+    path = root / sources.PICKLE_DIR / victim
+    path.write_bytes(pickle.dumps(payload, protocol=2))  # the protocol of the official release
+    # The fixture is live: plain pickle.load runs the command.
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    return root, marker
+
+
+@pytest.mark.parametrize("victim", ["data_batch_1", "batches.meta"])
+def test_a_batch_that_would_run_code_is_refused_by_the_datamodule(pickle_root, tmp_path, victim):
+    root, marker = crafted_copy(pickle_root, tmp_path, victim)
+    dm = CIFAR10DataModule(str(root), download=False)
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    assert not marker.exists()
+    message = str(err.value)
+    assert message.startswith(f"{root / sources.PICKLE_DIR / victim} holds Python objects")
+    assert "run as code (posix.system)" in message and "not a CIFAR-10 batch" in message
+    assert f"delete the '{sources.PICKLE_DIR}' folder" in message
+
+
+@pytest.mark.parametrize("victim", ["data_batch_1", "batches.meta"])
+def test_a_batch_that_would_run_code_is_refused_by_the_cli(pickle_root, tmp_path, monkeypatch, capsys, victim):
+    root, marker = crafted_copy(pickle_root, tmp_path, victim)
+    code, stderr = fit_cli(root, tmp_path, monkeypatch, capsys)
+    assert not marker.exists()
+    assert code == 2
+    assert_one_error_line(stderr, str(root / sources.PICKLE_DIR / victim), "would run as code")
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes strings and bytes as Python 2's ``str`` (BINSTRING), as the official CIFAR-10 batches are written."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj: str | bytes) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle(obj) -> bytes:
+    """``obj`` as Python 2 with numpy 1.x pickled CIFAR-10: protocol 2, byte strings, ``numpy.core.multiarray``."""
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+@pytest.mark.parametrize(
+    "dumps",
+    [py2_pickle, lambda obj: pickle.dumps(obj, protocol=2), pickle.dumps],
+    ids=["python2-release", "protocol2", "default-protocol"],
+)
+def test_batches_as_released_and_as_repickled_still_load(pickle_root, tmp_path, dumps):
+    expected = sources.load(pickle_root)
+    root = tmp_path / "repickled"
+    shutil.copytree(pickle_root, root)
+    for path in (root / sources.PICKLE_DIR).iterdir():
+        with open(path, "rb") as f:
+            entry = pickle.load(f)
+        if "data" in entry:
+            entry["batch_label"] = f"batch {path.name}"  # the release's other keys are plain strings
+        path.write_bytes(dumps(entry))
+    raw = sources.load(root)
+    np.testing.assert_array_equal(raw.train_x, expected.train_x)
+    np.testing.assert_array_equal(raw.train_y, expected.train_y)
+    np.testing.assert_array_equal(raw.test_x, expected.test_x)
+    assert raw.classes == expected.classes
