@@ -16,6 +16,7 @@ import pytest
 from cifarlit import sources
 from cifarlit.data import CIFAR10DataModule
 from cifarlit.sources import DataError
+from conftest import write_image_folder
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,3 +136,22 @@ def test_batches_as_released_and_as_repickled_still_load(pickle_root, tmp_path, 
     np.testing.assert_array_equal(raw.train_y, expected.train_y)
     np.testing.assert_array_equal(raw.test_x, expected.test_x)
     assert raw.classes == expected.classes
+
+
+# --- a folder needs two classes ------------------------------------------------------------------------------------
+
+
+def test_a_folder_with_one_class_is_a_data_error_not_a_model_option(tmp_path, monkeypatch, capsys):
+    root = write_image_folder(tmp_path / "one", classes=("cat",), per_class_train=6, per_class_test=2)
+    code, stderr = fit_cli(root, tmp_path, monkeypatch, capsys)
+    assert code == 2
+    line = assert_one_error_line(stderr, f"{root / 'train'} has one class folder ('cat')", "at least 2")
+    assert "num_classes" not in line
+
+
+def test_a_folder_without_class_folders_is_a_data_error_not_a_model_option(tmp_path, monkeypatch, capsys):
+    (tmp_path / "none" / "train").mkdir(parents=True)
+    code, stderr = fit_cli(tmp_path / "none", tmp_path, monkeypatch, capsys)
+    assert code == 2
+    line = assert_one_error_line(stderr, f"{tmp_path / 'none' / 'train'} has no class folders")
+    assert "num_classes" not in line

@@ -80,8 +80,20 @@ def detect_format(root: Path) -> str | None:
 
 
 def folder_classes(root: Path) -> tuple[str, ...]:
-    """Class names of an image folder: the sorted sub-folders of ``root/train``."""
-    return tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith(".")))
+    """Class names of an image folder: the sorted sub-folders of ``root/train``, at least 2 of them.
+
+    Checked here, where the names are first read, so the user hears about the folder before a model is built with
+    a class count they never set.
+    """
+    train = root / "train"
+    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not classes:
+        raise DataError(f"{train} has no class folders; lay images out as {root}/train/<class>/*.png.")
+    if len(classes) == 1:
+        raise DataError(
+            f"{train} has one class folder ({classes[0]!r}); a classifier needs at least 2: add a folder per class."
+        )
+    return classes
 
 
 def class_names(root: Path) -> tuple[str, ...]:
@@ -278,8 +290,6 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
     ``root/test`` is optional: without it the test arrays are empty and the DataModule carves a test split.
     """
     classes = folder_classes(root)
-    if not classes:
-        raise DataError(f"{root / 'train'} has no class folders; lay images out as {root}/train/<class>/*.png.")
     splits = {"train": _list_split(root / "train", classes)}
     if (root / "test").is_dir():
         test_classes = tuple(
