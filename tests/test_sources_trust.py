@@ -16,7 +16,7 @@ import pytest
 from cifarlit import sources
 from cifarlit.data import CIFAR10DataModule
 from cifarlit.sources import DataError
-from conftest import write_image_folder
+from conftest import write_image_folder, write_unlabelled_folder
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +155,97 @@ def test_a_folder_without_class_folders_is_a_data_error_not_a_model_option(tmp_p
     assert code == 2
     line = assert_one_error_line(stderr, f"{tmp_path / 'none' / 'train'} has no class folders")
     assert "num_classes" not in line
+
+
+# --- unreadable images: all reported at once, or left out on request ------------------------------------------
+
+
+def damage(root: Path, *names: str) -> list[str]:
+    """Overwrite ``root/<name>`` with bytes no image reader accepts; returns the names."""
+    for name in names:
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return list(names)
+
+
+def first_files(root: Path, split: str, count: int) -> list[str]:
+    """The first ``count`` files of ``split``, relative to ``root``, in the order they are decoded."""
+    files = sorted(p for p in (root / split).rglob("*.png"))
+    return [str(p.relative_to(root)) for p in files[:count]]
+
+
+THREE_DAMAGED = ("train/bird/0030.png", "train/dog/0061.png", "test/ship/0032.png")
+
+
+def test_all_unreadable_images_are_named_in_one_error(fresh_folder, tmp_path, monkeypatch, capsys):
+    damage(fresh_folder, *THREE_DAMAGED)
+    code, stderr = fit_cli(fresh_folder, tmp_path, monkeypatch, capsys)
+    assert code == 2
+    line = assert_one_error_line(stderr, f"cannot read 3 image files in {fresh_folder}: ", "data.skip_unreadable=true")
+    assert all(f"{name} (UnidentifiedImageError)" in line for name in THREE_DAMAGED)
+    assert not (fresh_folder / sources.CACHE_NAME).exists()  # a refused folder gets no cache
+
+
+def test_the_error_names_the_first_five_unreadable_images_and_counts_the_rest(fresh_folder):
+    names = damage(fresh_folder, *first_files(fresh_folder, "train", 7))
+    with pytest.raises(DataError) as err:
+        sources.load(fresh_folder)
+    message = str(err.value)
+    assert "cannot read 7 image files" in message and " and 2 more;" in message
+    assert [name in message for name in names] == [True] * 5 + [False] * 2
+
+
+def test_skipping_unreadable_images_keeps_the_labels_of_the_rest(fresh_folder, folder_root, caplog):
+    damage(fresh_folder, *THREE_DAMAGED)
+    raw = sources.load(fresh_folder, skip_unreadable=True)
+    whole = sources.load(folder_root)
+    files = {split: first_files(folder_root, split, 10**6) for split in ("train", "test")}
+    keep = {split: [name not in THREE_DAMAGED for name in names] for split, names in files.items()}
+    assert len(raw.train_y) == 118 and len(raw.test_y) == 39
+    np.testing.assert_array_equal(raw.train_x, whole.train_x[keep["train"]])
+    np.testing.assert_array_equal(raw.train_y, whole.train_y[keep["train"]])
+    np.testing.assert_array_equal(raw.test_x, whole.test_x[keep["test"]])
+    np.testing.assert_array_equal(raw.test_y, whole.test_y[keep["test"]])
+    assert "data.skip_unreadable: left out 3 image files" in caplog.text
+
+
+def test_fit_with_skip_unreadable_trains_on_the_rest_and_says_so_once(fresh_folder, tmp_path, monkeypatch, caplog):
+    damage(fresh_folder, *THREE_DAMAGED)
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(fresh_folder), "--trainer.max_epochs", "1",
+                  "--data.skip_unreadable", "true")  # fmt: skip
+    dm = cli.datamodule
+    assert len(dm.train_set) + len(dm.val_set) == 118 and len(dm.test_set) == 39
+    assert cli.trainer.state.finished
+    assert caplog.text.count("data.skip_unreadable: left out 3 image files") == 1
+    assert all(name in caplog.text for name in THREE_DAMAGED)
+
+
+def test_a_cache_built_while_skipping_does_not_skip_without_the_option(fresh_folder, monkeypatch, caplog):
+    damage(fresh_folder, *THREE_DAMAGED)
+    skipped = sources.load(fresh_folder, skip_unreadable=True)
+    assert (fresh_folder / sources.CACHE_NAME).is_file()
+    monkeypatch.setattr(sources, "_decode", lambda path: pytest.fail("decoded although the cache is fresh"))
+    with pytest.raises(DataError, match=r"cannot read 3 image files in .*data.skip_unreadable=true"):
+        sources.load(fresh_folder)
+    caplog.clear()
+    again = sources.load(fresh_folder, skip_unreadable=True)  # from the cache, and says so again
+    np.testing.assert_array_equal(again.train_x, skipped.train_x)
+    np.testing.assert_array_equal(again.train_y, skipped.train_y)
+    assert "data.skip_unreadable: left out 3 image files" in caplog.text
+
+
+def test_unreadable_images_to_predict_are_named_or_left_out(tmp_path, caplog):
+    truth = write_unlabelled_folder(tmp_path / "new")
+    broken = damage(tmp_path / "new", "img01.png", "img04.jpg", "img07.png")
+    assert {Path(name).stem for name in broken} <= set(truth)
+    dm = CIFAR10DataModule(predict_dir=str(tmp_path / "new"))
+    with pytest.raises(DataError) as err:
+        dm.setup("predict")
+    message = str(err.value)
+    assert message.startswith(f"cannot read 3 image files in data.predict_dir='{tmp_path / 'new'}': img01.png")
+    assert "data.skip_unreadable=true" in message
+    dm = CIFAR10DataModule(predict_dir=str(tmp_path / "new"), skip_unreadable=True)
+    dm.setup("predict")
+    assert dm.predict_ids == sorted(set(truth) - {"img01", "img04", "img07"})
+    assert len(dm.predict_set) == len(truth) - 3
+    assert "data.skip_unreadable: left out 3 image files" in caplog.text

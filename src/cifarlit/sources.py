@@ -33,6 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CACHE_NAME = ".cifarlit-cache.npz"
 CACHE_VERSION = 1
 IMAGE_SIZE = 32
+SHOWN_UNREADABLE = 5  # files named in the message about unreadable images; the count covers the rest
 
 REDO_PICKLES = f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again"
 HOW_TO_GET_DATA = (
@@ -142,13 +143,16 @@ def _extract(archive: Path, root: Path) -> None:
         ) from None
 
 
-def load(root: Path, cache: bool = True) -> RawData:
-    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 arrays."""
+def load(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
+    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 arrays.
+
+    ``skip_unreadable`` leaves an image folder's damaged files out instead of refusing the folder.
+    """
     fmt = detect_format(root)
     if fmt == "pickle":
         return load_pickle_batches(root / PICKLE_DIR)
     if fmt == "folder":
-        return load_image_folder(root, cache=cache)
+        return load_image_folder(root, cache=cache, skip_unreadable=skip_unreadable)
     raise DataError(f"data.data_dir={str(root)!r} holds no dataset: {HOW_TO_GET_DATA}.")
 
 
@@ -265,18 +269,51 @@ def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[str, in
 
 
 def _decode(path: str) -> np.ndarray:
+    """One image file as RGB 32x32 uint8; PIL's exception when it cannot be read."""
     from PIL import Image
 
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _try_decode(path: str) -> np.ndarray | str:
+    """The image, or the name of the exception that says why it cannot be read."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+        return _decode(path)
     except Exception as err:  # PIL raises several types for damaged files
+        return err.__class__.__name__
+
+
+def _decode_all(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Decode every file, so one run finds all damaged ones: ``(N, 32, 32, 3)`` images of those that decode,
+    their positions in ``paths``, and ``(position, why)`` of the others."""
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        results = list(pool.map(_try_decode, paths, chunksize=256))
+    kept = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+    failed = [(i, r) for i, r in enumerate(results) if not isinstance(r, np.ndarray)]
+    x = np.stack([results[i] for i in kept]) if kept else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    return x, np.array(kept, dtype=np.int64), failed
+
+
+def _report_unreadable(unreadable: list[tuple[str, str]], where: str, skip: bool) -> None:
+    """One DataError for all the unreadable files (``(name, why)``), or, when skipping them, one log line."""
+    if not unreadable:
+        return
+    shown = ", ".join(f"{name} ({why})" for name, why in unreadable[:SHOWN_UNREADABLE])
+    more = f" and {len(unreadable) - SHOWN_UNREADABLE} more" if len(unreadable) > SHOWN_UNREADABLE else ""
+    files = f"{len(unreadable)} image file{'s' if len(unreadable) > 1 else ''} in {where}"
+    them = "them" if len(unreadable) > 1 else "it"
+    if not skip:
         raise DataError(
-            f"cannot read image {path} ({err.__class__.__name__}: {err}); fix or delete the file."
-        ) from None
+            f"cannot read {files}: {shown}{more}; fix or delete {them}, or set data.skip_unreadable=true to leave "
+            f"{them} out."
+        )
+    from lightning.pytorch.utilities import rank_zero_info  # here: importing Lightning takes seconds
+
+    rank_zero_info(f"data.skip_unreadable: left out {files} that cannot be read: {shown}{more}.")
 
 
 def _fingerprint(entries: list[tuple]) -> str:
@@ -284,10 +321,12 @@ def _fingerprint(entries: list[tuple]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_image_folder(root: Path, cache: bool = True) -> RawData:
+def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
     """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to RGB 32x32, cached next to the folder.
 
     ``root/test`` is optional: without it the test arrays are empty and the DataModule carves a test split.
+    Unreadable files are a DataError naming them, or with ``skip_unreadable`` are left out (and the cache
+    remembers them, so a later run without the option refuses the folder too).
     """
     classes = folder_classes(root)
     splits = {"train": _list_split(root / "train", classes)}
@@ -306,29 +345,36 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
     fingerprint = _fingerprint([classes, *listing])
 
     cache_file = root / CACHE_NAME
-    if cache:
-        cached = _read_cache(cache_file, fingerprint)
-        if cached is not None:
-            return cached
-
-    arrays = {}
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        for split, items in splits.items():
-            images = list(pool.map(_decode, [item[0] for item in items], chunksize=256))
-            x = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-            arrays[split] = (x, np.array([item[1] for item in items], dtype=np.int64))
-    empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
-    test_x, test_y = arrays.get("test", empty)
-    data = RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint)
-    if cache:
-        _write_cache(cache_file, data)
+    found = _read_cache(cache_file, fingerprint) if cache else None
+    if found is None:
+        found = _decode_folder(splits, classes, fingerprint, rel)
+        if cache and (skip_unreadable or not found[1]):  # a refused folder is left as it was
+            _write_cache(cache_file, *found)
+    data, unreadable = found
+    _report_unreadable(unreadable, str(root), skip_unreadable)
     return data
 
 
-def load_unlabelled_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
+def _decode_folder(
+    splits: dict[str, list[tuple[str, int, int, int]]], classes: tuple[str, ...], fingerprint: str, rel: int
+) -> tuple[RawData, list[tuple[str, str]]]:
+    """The images of every split that decode, and ``(path relative to the folder, why)`` of those that do not."""
+    arrays, unreadable = {}, []
+    for split, items in splits.items():
+        x, kept, failed = _decode_all([item[0] for item in items])
+        labels = np.array([item[1] for item in items], dtype=np.int64)
+        arrays[split] = (x, labels[kept])  # the labels of the images that decoded, in the same order
+        unreadable += [(items[i][0][rel:], why) for i, why in failed]
+    empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
+    test_x, test_y = arrays.get("test", empty)
+    return RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint), unreadable
+
+
+def load_unlabelled_folder(folder: Path, skip_unreadable: bool = False) -> tuple[np.ndarray, list[str]]:
     """Decode the images directly in ``folder`` (not in sub-folders), sorted by name, to RGB 32x32.
 
     Returns uint8 ``(N, 32, 32, 3)`` images and their file-name stems, which become the ids of a predictions CSV.
+    Unreadable files are a DataError naming them, or with ``skip_unreadable`` are left out.
     """
     option = f"data.predict_dir={str(folder)!r}"
     if not folder.is_dir():
@@ -351,12 +397,15 @@ def load_unlabelled_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
                 "rename one of them."
             )
         seen[stem] = path
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(_decode, paths, chunksize=256))
-    return np.stack(images), stems
+    x, kept, failed = _decode_all(paths)
+    unreadable = [(Path(paths[i]).name, why) for i, why in failed]
+    if skip_unreadable and not len(kept):  # leaving them out would leave nothing to predict
+        raise DataError(f"{option}: none of its {len(paths)} images can be read; fix or replace them.")
+    _report_unreadable(unreadable, option, skip_unreadable)
+    return x, [stems[i] for i in kept]
 
 
-def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
+def _read_cache(cache_file: Path, fingerprint: str) -> tuple[RawData, list[tuple[str, str]]] | None:
     if not cache_file.is_file():
         return None
     try:
@@ -367,7 +416,7 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
                     stacklevel=3,
                 )
                 return None
-            return RawData(
+            data = RawData(
                 z["train_x"],
                 z["train_y"],
                 z["test_x"],
@@ -375,6 +424,9 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
                 tuple(str(c) for c in z["classes"]),
                 fingerprint,
             )
+            # Caches written before files could be skipped have no list: they hold every file.
+            skipped = zip(z["unreadable"], z["unreadable_why"], strict=True) if "unreadable" in z.files else ()
+            return data, [(str(name), str(why)) for name, why in skipped]
     except Exception as err:  # a truncated or foreign file: rebuild rather than trust it
         warnings.warn(
             f"{cache_file} is unreadable ({err.__class__.__name__}); decoding the images again.", stacklevel=3
@@ -382,7 +434,7 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
         return None
 
 
-def _write_cache(cache_file: Path, data: RawData) -> None:
+def _write_cache(cache_file: Path, data: RawData, unreadable: list[tuple[str, str]]) -> None:
     # Write to a temporary name and rename, so a crash mid-write never leaves a half cache under the real name.
     tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
     try:
@@ -391,6 +443,9 @@ def _write_cache(cache_file: Path, data: RawData) -> None:
                 f,
                 train_x=data.train_x, train_y=data.train_y, test_x=data.test_x, test_y=data.test_y,
                 classes=np.array(data.classes), fingerprint=np.array(data.fingerprint),
+                # plain string arrays, readable with allow_pickle=False
+                unreadable=np.array([name for name, _ in unreadable], dtype=str),
+                unreadable_why=np.array([why for _, why in unreadable], dtype=str),
             )  # fmt: skip
         os.replace(tmp, cache_file)
     except OSError as err:  # a read-only data folder still trains, just without the cache
