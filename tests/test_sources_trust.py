@@ -7,7 +7,11 @@ import io
 import os
 import pickle
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +253,101 @@ def test_unreadable_images_to_predict_are_named_or_left_out(tmp_path, caplog):
     assert dm.predict_ids == sorted(set(truth) - {"img01", "img04", "img07"})
     assert len(dm.predict_set) == len(truth) - 3
     assert "data.skip_unreadable: left out 3 image files" in caplog.text
+
+
+# --- nothing half-written: a run killed while writing leaves nothing a later run trusts -------------------------
+
+
+def killed_while(script: str, root: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` (which kills itself part-way through writing) on ``root`` in a fresh interpreter."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's cifarlit
+    done = subprocess.run([sys.executable, "-c", script, str(root)], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return done
+
+
+CACHE_WRITE_KILLED = """
+import io, os, signal, sys
+from pathlib import Path
+import numpy as np
+from cifarlit import sources
+
+write_whole = np.savez
+
+def write_half_then_die(file, **arrays):
+    whole = io.BytesIO()
+    write_whole(whole, **arrays)
+    file.write(whole.getvalue()[: len(whole.getvalue()) // 2])
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez = write_half_then_die
+sources.load(Path(sys.argv[1]))
+"""
+
+
+def test_a_cache_write_killed_half_way_is_neither_read_nor_in_the_way(fresh_folder, folder_root, monkeypatch):
+    killed_while(CACHE_WRITE_KILLED, fresh_folder)
+    (partial,) = fresh_folder.glob(f"{sources.CACHE_NAME}.*.tmp")
+    assert partial.stat().st_size > 0 and not (fresh_folder / sources.CACHE_NAME).exists()
+    decoded = []
+    decode = sources._decode
+    monkeypatch.setattr(sources, "_decode", lambda path: decoded.append(path) or decode(path))
+    raw = sources.load(fresh_folder)
+    assert len(decoded) == 160  # decoded again: the half-written file was not taken for a cache
+    expected = sources.load(folder_root)
+    np.testing.assert_array_equal(raw.train_x, expected.train_x)
+    np.testing.assert_array_equal(raw.test_y, expected.test_y)
+    assert not partial.exists()  # the killed run's leftover is removed
+    assert (fresh_folder / sources.CACHE_NAME).is_file()
+
+
+EXTRACTION_KILLED = """
+import os, signal, sys, tarfile
+from pathlib import Path
+from cifarlit import sources
+
+def extract_three_then_die(self, path, members=None, *, filter=None, **kwargs):
+    for member in self.getmembers()[:3]:  # the folder and two of its files
+        self.extract(member, path, filter=filter)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+tarfile.TarFile.extractall = extract_three_then_die
+sources.ensure_available(Path(sys.argv[1]), download=False)
+"""
+
+
+def write_archive(pickle_root: Path, root: Path) -> Path:
+    """``root/cifar-10-python.tar.gz`` holding ``cifar-10-batches-py/``, as CIFAR-10's download does."""
+    root.mkdir()
+    with tarfile.open(root / sources.ARCHIVE, "w:gz") as tar:
+        tar.add(pickle_root / sources.PICKLE_DIR, arcname=sources.PICKLE_DIR)
+    return root
+
+
+def test_an_extraction_killed_half_way_leaves_no_half_dataset(pickle_root, tmp_path):
+    root = write_archive(pickle_root, tmp_path / "archive")
+    elsewhere = root / f"{sources.EXTRACT_PREFIX}another-machine-1"  # maybe still running there: left alone
+    elsewhere.mkdir()
+    killed_while(EXTRACTION_KILLED, root)
+    (partial,) = (p for p in root.glob(f"{sources.EXTRACT_PREFIX}*") if p != elsewhere)
+    assert len(list(partial.rglob("*"))) == 3  # it did write part of the dataset, ...
+    assert sources.detect_format(root) == "archive"  # ... but not where a later run would read it
+    dm = CIFAR10DataModule(str(root), download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) == 200 and len(dm.test_set) == 50
+    np.testing.assert_array_equal(sources.load(root).train_x, sources.load(pickle_root).train_x)
+    assert not partial.exists() and elsewhere.is_dir()
+
+
+def test_an_archive_without_the_batches_folder_leaves_nothing_behind(tmp_path):
+    root = tmp_path / "archive"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not CIFAR-10")
+    root.mkdir()
+    with tarfile.open(root / sources.ARCHIVE, "w:gz") as tar:
+        tar.add(tmp_path / "other", arcname="other")
+    with pytest.raises(DataError, match=rf"{sources.ARCHIVE} holds no '{sources.PICKLE_DIR}' folder"):
+        sources.ensure_available(root, download=False)
+    assert [p.name for p in root.iterdir()] == [sources.ARCHIVE]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import socket
 import tarfile
 import warnings
@@ -31,6 +32,7 @@ PICKLE_DIR = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CACHE_NAME = ".cifarlit-cache.npz"
+EXTRACT_PREFIX = ".cifarlit-extract-"  # + host-pid: the archive is unpacked here, then moved into place
 CACHE_VERSION = 1
 IMAGE_SIZE = 32
 SHOWN_UNREADABLE = 5  # files named in the message about unreadable images; the count covers the rest
@@ -134,13 +136,76 @@ def _download(root: Path) -> None:
 
 
 def _extract(archive: Path, root: Path) -> None:
+    """Unpack into a temporary folder next to the dataset, then move the finished folder into place: an
+    interrupted extraction never leaves a half ``cifar-10-batches-py`` that later runs would read."""
+    _remove_leftovers(root)
+    tmp = root / f"{EXTRACT_PREFIX}{_owner()}"
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(root, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(
-            f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again."
-        ) from None
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise DataError(
+                f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again."
+            ) from None
+        if not (tmp / PICKLE_DIR).is_dir():
+            raise DataError(
+                f"{archive} holds no '{PICKLE_DIR}' folder, so it is not CIFAR-10's python archive; delete it and "
+                "download again."
+            )
+        _move_into_place(tmp / PICKLE_DIR, root / PICKLE_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(folder: Path, target: Path) -> None:
+    try:
+        os.replace(folder, target)  # one rename: the folder appears whole or not at all
+    except OSError as err:
+        if not target.is_dir():  # else another run extracted it first, and its copy is as good as this one
+            raise DataError(
+                f"cannot move the extracted '{PICKLE_DIR}' into {target.parent} ({err}); check the folder's "
+                "permissions and free space."
+            ) from None
+
+
+def _owner() -> str:
+    """``host-pid``, in the names of temporary files, so later runs can tell which were left by killed runs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _left_by_dead_process(owner: str) -> bool:
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's run on a shared disk may still be writing it
+    try:
+        os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, as another user's process
+        return False
+    return False
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Delete the temporary extraction folders and cache files of runs on this machine that were killed while
+    writing them; nothing reads them, but they can be as large as the dataset."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(EXTRACT_PREFIX):
+            owner = entry.name.removeprefix(EXTRACT_PREFIX)
+        elif entry.name.startswith(f"{CACHE_NAME}.") and entry.name.endswith(".tmp"):
+            owner = entry.name.removeprefix(f"{CACHE_NAME}.").removesuffix(".tmp")
+        else:
+            continue
+        if _left_by_dead_process(owner):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
 
 
 def load(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
@@ -435,8 +500,10 @@ def _read_cache(cache_file: Path, fingerprint: str) -> tuple[RawData, list[tuple
 
 
 def _write_cache(cache_file: Path, data: RawData, unreadable: list[tuple[str, str]]) -> None:
-    # Write to a temporary name and rename, so a crash mid-write never leaves a half cache under the real name.
-    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+    # Write to a temporary name and rename, so a crash mid-write never leaves a half cache under the real name;
+    # only the real name is ever read.
+    _remove_leftovers(cache_file.parent)
+    tmp = cache_file.with_name(f"{cache_file.name}.{_owner()}.tmp")
     try:
         with open(tmp, "wb") as f:
             np.savez(
