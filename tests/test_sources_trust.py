@@ -351,3 +351,63 @@ def test_an_archive_without_the_batches_folder_leaves_nothing_behind(tmp_path):
     with pytest.raises(DataError, match=rf"{sources.ARCHIVE} holds no '{sources.PICKLE_DIR}' folder"):
         sources.ensure_available(root, download=False)
     assert [p.name for p in root.iterdir()] == [sources.ARCHIVE]
+
+
+# --- runs started together decode a new folder once -------------------------------------------------------------
+
+
+LOAD_TOGETHER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from cifarlit import sources
+
+root, out, me, other = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+decoded = []
+decode = sources._decode
+
+def slow_decode(path):
+    decoded.append(path)
+    time.sleep(0.01)  # the other run starts loading while this one decodes
+    return decode(path)
+
+sources._decode = slow_decode
+(out / f"ready-{me}").touch()
+while not (out / f"ready-{other}").exists():  # both load at the same moment
+    time.sleep(0.005)
+raw = sources.load(root)
+np.savez(out / f"{me}.npz", train_x=raw.train_x, train_y=raw.train_y, test_x=raw.test_x, test_y=raw.test_y,
+         decoded=len(decoded))
+"""
+
+
+def test_runs_started_together_decode_a_new_folder_once(fresh_folder, folder_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", LOAD_TOGETHER, str(fresh_folder), str(tmp_path), me, other], env=env,
+                         stderr=subprocess.PIPE, text=True)
+        for me, other in (("a", "b"), ("b", "a"))
+    ]  # fmt: skip
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    a, b = (np.load(tmp_path / f"{me}.npz") for me in ("a", "b"))
+    assert sorted([int(a["decoded"]), int(b["decoded"])]) == [0, 160]  # one decoded, the other read its cache
+    expected = sources.load(folder_root)
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(a[key], getattr(expected, key))
+
+
+def test_a_folder_where_the_lock_cannot_be_created_still_loads(fresh_folder, folder_root, monkeypatch):
+    # Root can write anywhere, so a read-only folder is imitated: creating the lock file fails as it would there.
+    create = os.open
+
+    def read_only_lock(path, flags, *args, **kwargs):
+        if Path(path).name == sources.LOCK_NAME:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return create(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_lock)
+    raw = sources.load(fresh_folder)
+    np.testing.assert_array_equal(raw.train_x, sources.load(folder_root).train_x)
+    assert not (fresh_folder / sources.LOCK_NAME).exists()

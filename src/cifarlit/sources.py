@@ -15,11 +15,14 @@ import shutil
 import socket
 import tarfile
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from cifarlit.errors import CifarlitError
 
@@ -32,6 +35,7 @@ PICKLE_DIR = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CACHE_NAME = ".cifarlit-cache.npz"
+LOCK_NAME = ".cifarlit-cache.lock"  # held while a run checks, decodes and writes the cache
 EXTRACT_PREFIX = ".cifarlit-extract-"  # + host-pid: the archive is unpacked here, then moved into place
 CACHE_VERSION = 1
 IMAGE_SIZE = 32
@@ -410,11 +414,12 @@ def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = Fa
     fingerprint = _fingerprint([classes, *listing])
 
     cache_file = root / CACHE_NAME
-    found = _read_cache(cache_file, fingerprint) if cache else None
-    if found is None:
-        found = _decode_folder(splits, classes, fingerprint, rel)
-        if cache and (skip_unreadable or not found[1]):  # a refused folder is left as it was
-            _write_cache(cache_file, *found)
+    with _cache_lock(root) if cache else nullcontext():  # runs started together decode once; the others wait
+        found = _read_cache(cache_file, fingerprint) if cache else None  # checked under the lock: maybe just written
+        if found is None:
+            found = _decode_folder(splits, classes, fingerprint, rel)
+            if cache and (skip_unreadable or not found[1]):  # a refused folder is left as it was
+                _write_cache(cache_file, *found)
     data, unreadable = found
     _report_unreadable(unreadable, str(root), skip_unreadable)
     return data
@@ -468,6 +473,20 @@ def load_unlabelled_folder(folder: Path, skip_unreadable: bool = False) -> tuple
         raise DataError(f"{option}: none of its {len(paths)} images can be read; fix or replace them.")
     _report_unreadable(unreadable, option, skip_unreadable)
     return x, [stems[i] for i in kept]
+
+
+@contextmanager
+def _cache_lock(root: Path) -> Iterator[None]:
+    """Hold ``root/.cifarlit-cache.lock``; where it cannot be created (a read-only folder, which gets no cache
+    either) go on without it."""
+    lock_file = root / LOCK_NAME
+    try:  # created here because FileLock would retry a failing open until its timeout, forever by default
+        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError:
+        yield
+        return
+    with FileLock(lock_file):
+        yield
 
 
 def _read_cache(cache_file: Path, fingerprint: str) -> tuple[RawData, list[tuple[str, str]]] | None:
