@@ -4,6 +4,10 @@ Both sources give the same thing, a :class:`RawData` of ``(N, 32, 32, 3)`` uint8
 the official train and test sets. Image folders are slow to decode (about 13 s for CIFAR-10's 60,000 JPEGs on
 2 cores), so the decoded arrays are cached in one ``.npz`` file next to the folder, keyed by a fingerprint of
 the file names, sizes and modification times: a changed folder or a damaged cache is rebuilt, never used.
+
+Nothing read from disk is trusted: the pickle batches are read by an unpickler that can only rebuild numpy
+arrays, every unreadable image is reported in one error, the archive and the cache are written under temporary
+names and renamed into place, and a lock makes runs started together decode a folder once.
 """
 
 from __future__ import annotations
