@@ -102,6 +102,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
         augment: training-set augmentation (see :class:`cifarlit.augment.AugmentConfig`).
         cache: cache decoded image folders in ``data_dir/.cifarlit-cache.npz``.
+        skip_unreadable: leave out image files that cannot be decoded (and say how many), instead of stopping
+            with the list of them; for an image folder and for ``predict_dir``.
         on_device: keep the whole uint8 dataset on the training GPU (CIFAR-10 is 180 MB), so an epoch makes no
             host-to-device copies. ``auto`` does so when training on a GPU, with ``num_workers: 0`` and the
             batched augmentation, if the images take at most half of the GPU's free memory, and says so when they
@@ -129,6 +131,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         augment: AugmentConfig | None = None,
         cache: bool = True,
+        skip_unreadable: bool = False,
         on_device: bool | Literal["auto"] = "auto",
         keep_classes: list[str] | None = None,
         test_size: int | float = 0.2,
@@ -194,9 +197,14 @@ class CIFAR10DataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self._predicting_folder():  # the checkpoint holds all a prediction needs from the training data
             return
+        if hasattr(self, "train_set"):  # testing after fit: loading again would only repeat the data's messages
+            return
         # Runs on one process per node: download/extract/decode-and-cache once, never racing between ranks.
         sources.ensure_available(self.data_dir, self.hparams.download)
-        self._raw = sources.load(self.data_dir, cache=self.hparams.cache)  # decodes and caches image folders
+        self._raw = self._load()  # decodes and caches image folders
+
+    def _load(self) -> sources.RawData:
+        return sources.load(self.data_dir, cache=self.hparams.cache, skip_unreadable=self.hparams.skip_unreadable)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.hparams.predict_dir is not None:
@@ -205,7 +213,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if hasattr(self, "train_set"):
             return
         # Rank 0 already loaded in prepare_data; other ranks (and direct setup() calls) read the cache.
-        raw = getattr(self, "_raw", None) or sources.load(self.data_dir, cache=self.hparams.cache)
+        raw = getattr(self, "_raw", None) or self._load()
         self._raw = None
         if self.hparams.keep_classes is not None:
             raw = sources.select_classes(raw, self.classes)
@@ -282,7 +290,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self.augment.preset != "none" and self.augment.backend == "albumentations"
 
     def _setup_predict_folder(self) -> None:
-        x, self.predict_ids = sources.load_unlabelled_folder(Path(self.hparams.predict_dir).expanduser())
+        folder = Path(self.hparams.predict_dir).expanduser()
+        x, self.predict_ids = sources.load_unlabelled_folder(folder, self.hparams.skip_unreadable)
         x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
         self.predict_set = ArrayDataset(x, torch.arange(len(x)))  # no labels: positions stand in for them
         rank_zero_info(f"predict: {len(x)} images from {self.hparams.predict_dir}")

@@ -4,6 +4,10 @@ Both sources give the same thing, a :class:`RawData` of ``(N, 32, 32, 3)`` uint8
 the official train and test sets. Image folders are slow to decode (about 13 s for CIFAR-10's 60,000 JPEGs on
 2 cores), so the decoded arrays are cached in one ``.npz`` file next to the folder, keyed by a fingerprint of
 the file names, sizes and modification times: a changed folder or a damaged cache is rebuilt, never used.
+
+Nothing read from disk is trusted: the pickle batches are read by an unpickler that can only rebuild numpy
+arrays, every unreadable image is reported in one error, the archive and the cache are written under temporary
+names and renamed into place, and a lock makes runs started together decode a folder once.
 """
 
 from __future__ import annotations
@@ -11,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import socket
 import tarfile
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from cifarlit.errors import CifarlitError
 
@@ -31,9 +39,13 @@ PICKLE_DIR = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CACHE_NAME = ".cifarlit-cache.npz"
+LOCK_NAME = ".cifarlit-cache.lock"  # held while a run checks, decodes and writes the cache
+EXTRACT_PREFIX = ".cifarlit-extract-"  # + host-pid: the archive is unpacked here, then moved into place
 CACHE_VERSION = 1
 IMAGE_SIZE = 32
+SHOWN_UNREADABLE = 5  # files named in the message about unreadable images; the count covers the rest
 
+REDO_PICKLES = f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again"
 HOW_TO_GET_DATA = (
     f"put CIFAR-10's '{PICKLE_DIR}' folder (or '{ARCHIVE}') there, or an image folder laid out as "
     "ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*; the repository's README explains both"
@@ -79,8 +91,20 @@ def detect_format(root: Path) -> str | None:
 
 
 def folder_classes(root: Path) -> tuple[str, ...]:
-    """Class names of an image folder: the sorted sub-folders of ``root/train``."""
-    return tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith(".")))
+    """Class names of an image folder: the sorted sub-folders of ``root/train``, at least 2 of them.
+
+    Checked here, where the names are first read, so the user hears about the folder before a model is built with
+    a class count they never set.
+    """
+    train = root / "train"
+    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not classes:
+        raise DataError(f"{train} has no class folders; lay images out as {root}/train/<class>/*.png.")
+    if len(classes) == 1:
+        raise DataError(
+            f"{train} has one class folder ({classes[0]!r}); a classifier needs at least 2: add a folder per class."
+        )
+    return classes
 
 
 def class_names(root: Path) -> tuple[str, ...]:
@@ -120,40 +144,147 @@ def _download(root: Path) -> None:
 
 
 def _extract(archive: Path, root: Path) -> None:
+    """Unpack into a temporary folder next to the dataset, then move the finished folder into place: an
+    interrupted extraction never leaves a half ``cifar-10-batches-py`` that later runs would read."""
+    _remove_leftovers(root)
+    tmp = root / f"{EXTRACT_PREFIX}{_owner()}"
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(root, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(
-            f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again."
-        ) from None
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise DataError(
+                f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again."
+            ) from None
+        if not (tmp / PICKLE_DIR).is_dir():
+            raise DataError(
+                f"{archive} holds no '{PICKLE_DIR}' folder, so it is not CIFAR-10's python archive; delete it and "
+                "download again."
+            )
+        _move_into_place(tmp / PICKLE_DIR, root / PICKLE_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load(root: Path, cache: bool = True) -> RawData:
-    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 arrays."""
+def _move_into_place(folder: Path, target: Path) -> None:
+    try:
+        os.replace(folder, target)  # one rename: the folder appears whole or not at all
+    except OSError as err:
+        if not target.is_dir():  # else another run extracted it first, and its copy is as good as this one
+            raise DataError(
+                f"cannot move the extracted '{PICKLE_DIR}' into {target.parent} ({err}); check the folder's "
+                "permissions and free space."
+            ) from None
+
+
+def _owner() -> str:
+    """``host-pid``, in the names of temporary files, so later runs can tell which were left by killed runs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _left_by_dead_process(owner: str) -> bool:
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's run on a shared disk may still be writing it
+    try:
+        os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, as another user's process
+        return False
+    return False
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Delete the temporary extraction folders and cache files of runs on this machine that were killed while
+    writing them; nothing reads them, but they can be as large as the dataset."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(EXTRACT_PREFIX):
+            owner = entry.name.removeprefix(EXTRACT_PREFIX)
+        elif entry.name.startswith(f"{CACHE_NAME}.") and entry.name.endswith(".tmp"):
+            owner = entry.name.removeprefix(f"{CACHE_NAME}.").removesuffix(".tmp")
+        else:
+            continue
+        if _left_by_dead_process(owner):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def load(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
+    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 arrays.
+
+    ``skip_unreadable`` leaves an image folder's damaged files out instead of refusing the folder.
+    """
     fmt = detect_format(root)
     if fmt == "pickle":
         return load_pickle_batches(root / PICKLE_DIR)
     if fmt == "folder":
-        return load_image_folder(root, cache=cache)
+        return load_image_folder(root, cache=cache, skip_unreadable=skip_unreadable)
     raise DataError(f"data.data_dir={str(root)!r} holds no dataset: {HOW_TO_GET_DATA}.")
 
 
 # --- CIFAR-10's python pickle batches -------------------------------------------------------------------------
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+# The globals that CIFAR-10's batches (Python-2 protocol-2 pickles of a dict holding one uint8 array) and numpy
+# 1.x/2.x re-pickles of them name; any other global in a batch file would be called while reading it.
+_BATCH_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),  # the official release, and numpy 1.x
+    ("numpy._core.multiarray", "_reconstruct"),  # numpy 2.x
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes (the array's buffer) in a protocol-2 pickle
+})  # fmt: skip
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global outside :data:`_BATCH_GLOBALS`."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10 batches without running code: a pickle can call any importable function while it loads."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    """The dict in a CIFAR-10 pickle file; a file that would run code, or is damaged, is a DataError."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()  # latin1: Python 2's byte strings, as numpy does
+        if not isinstance(entry, dict):
+            raise TypeError(f"it holds a {type(entry).__name__}, not a dict")
+    except _RefusedGlobal as err:
+        raise DataError(
+            f"{path} holds Python objects that reading it would run as code ({err}), not a CIFAR-10 batch, so it "
+            f"was not read: {REDO_PICKLES}."
+        ) from None
+    except Exception as err:  # pickle raises many types for a damaged file
+        raise DataError(
+            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); {REDO_PICKLES}."
+        ) from None
+    return entry
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    entry = _unpickle(path)
+    try:
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
         if labels.shape != (len(data),):
             raise ValueError("labels and images differ in number")
-    except Exception as err:  # pickle raises many types for a damaged file
+    except Exception as err:  # a dict without the arrays of a batch
         raise DataError(
-            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); "
-            f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again."
+            f"{path} is not a valid CIFAR-10 batch ({err.__class__.__name__}: {err}); {REDO_PICKLES}."
         ) from None
     return data.transpose(0, 2, 3, 1), labels  # (N, 3, H, W) -> (N, H, W, 3)
 
@@ -168,8 +299,10 @@ def load_pickle_batches(folder: Path) -> RawData:
     classes = CIFAR10_CLASSES
     meta = folder / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as f:
-            classes = tuple(pickle.load(f, encoding="latin1")["label_names"])
+        names = _unpickle(meta).get("label_names")
+        if not isinstance(names, list):
+            raise DataError(f"{meta} is not CIFAR-10's batches.meta (it has no list of label_names); {REDO_PICKLES}.")
+        classes = tuple(names)
     files = [*train_files, folder / "test_batch"]
     return RawData(
         train_x=np.concatenate([p[0] for p in parts]),
@@ -209,18 +342,51 @@ def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[str, in
 
 
 def _decode(path: str) -> np.ndarray:
+    """One image file as RGB 32x32 uint8; PIL's exception when it cannot be read."""
     from PIL import Image
 
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _try_decode(path: str) -> np.ndarray | str:
+    """The image, or the name of the exception that says why it cannot be read."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+        return _decode(path)
     except Exception as err:  # PIL raises several types for damaged files
+        return err.__class__.__name__
+
+
+def _decode_all(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Decode every file, so one run finds all damaged ones: ``(N, 32, 32, 3)`` images of those that decode,
+    their positions in ``paths``, and ``(position, why)`` of the others."""
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        results = list(pool.map(_try_decode, paths, chunksize=256))
+    kept = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+    failed = [(i, r) for i, r in enumerate(results) if not isinstance(r, np.ndarray)]
+    x = np.stack([results[i] for i in kept]) if kept else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    return x, np.array(kept, dtype=np.int64), failed
+
+
+def _report_unreadable(unreadable: list[tuple[str, str]], where: str, skip: bool) -> None:
+    """One DataError for all the unreadable files (``(name, why)``), or, when skipping them, one log line."""
+    if not unreadable:
+        return
+    shown = ", ".join(f"{name} ({why})" for name, why in unreadable[:SHOWN_UNREADABLE])
+    more = f" and {len(unreadable) - SHOWN_UNREADABLE} more" if len(unreadable) > SHOWN_UNREADABLE else ""
+    files = f"{len(unreadable)} image file{'s' if len(unreadable) > 1 else ''} in {where}"
+    them = "them" if len(unreadable) > 1 else "it"
+    if not skip:
         raise DataError(
-            f"cannot read image {path} ({err.__class__.__name__}: {err}); fix or delete the file."
-        ) from None
+            f"cannot read {files}: {shown}{more}; fix or delete {them}, or set data.skip_unreadable=true to leave "
+            f"{them} out."
+        )
+    from lightning.pytorch.utilities import rank_zero_info  # here: importing Lightning takes seconds
+
+    rank_zero_info(f"data.skip_unreadable: left out {files} that cannot be read: {shown}{more}.")
 
 
 def _fingerprint(entries: list[tuple]) -> str:
@@ -228,14 +394,14 @@ def _fingerprint(entries: list[tuple]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_image_folder(root: Path, cache: bool = True) -> RawData:
+def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
     """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to RGB 32x32, cached next to the folder.
 
     ``root/test`` is optional: without it the test arrays are empty and the DataModule carves a test split.
+    Unreadable files are a DataError naming them, or with ``skip_unreadable`` are left out (and the cache
+    remembers them, so a later run without the option refuses the folder too).
     """
     classes = folder_classes(root)
-    if not classes:
-        raise DataError(f"{root / 'train'} has no class folders; lay images out as {root}/train/<class>/*.png.")
     splits = {"train": _list_split(root / "train", classes)}
     if (root / "test").is_dir():
         test_classes = tuple(
@@ -252,29 +418,37 @@ def load_image_folder(root: Path, cache: bool = True) -> RawData:
     fingerprint = _fingerprint([classes, *listing])
 
     cache_file = root / CACHE_NAME
-    if cache:
-        cached = _read_cache(cache_file, fingerprint)
-        if cached is not None:
-            return cached
-
-    arrays = {}
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        for split, items in splits.items():
-            images = list(pool.map(_decode, [item[0] for item in items], chunksize=256))
-            x = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-            arrays[split] = (x, np.array([item[1] for item in items], dtype=np.int64))
-    empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
-    test_x, test_y = arrays.get("test", empty)
-    data = RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint)
-    if cache:
-        _write_cache(cache_file, data)
+    with _cache_lock(root) if cache else nullcontext():  # runs started together decode once; the others wait
+        found = _read_cache(cache_file, fingerprint) if cache else None  # checked under the lock: maybe just written
+        if found is None:
+            found = _decode_folder(splits, classes, fingerprint, rel)
+            if cache and (skip_unreadable or not found[1]):  # a refused folder is left as it was
+                _write_cache(cache_file, *found)
+    data, unreadable = found
+    _report_unreadable(unreadable, str(root), skip_unreadable)
     return data
 
 
-def load_unlabelled_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
+def _decode_folder(
+    splits: dict[str, list[tuple[str, int, int, int]]], classes: tuple[str, ...], fingerprint: str, rel: int
+) -> tuple[RawData, list[tuple[str, str]]]:
+    """The images of every split that decode, and ``(path relative to the folder, why)`` of those that do not."""
+    arrays, unreadable = {}, []
+    for split, items in splits.items():
+        x, kept, failed = _decode_all([item[0] for item in items])
+        labels = np.array([item[1] for item in items], dtype=np.int64)
+        arrays[split] = (x, labels[kept])  # the labels of the images that decoded, in the same order
+        unreadable += [(items[i][0][rel:], why) for i, why in failed]
+    empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
+    test_x, test_y = arrays.get("test", empty)
+    return RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint), unreadable
+
+
+def load_unlabelled_folder(folder: Path, skip_unreadable: bool = False) -> tuple[np.ndarray, list[str]]:
     """Decode the images directly in ``folder`` (not in sub-folders), sorted by name, to RGB 32x32.
 
     Returns uint8 ``(N, 32, 32, 3)`` images and their file-name stems, which become the ids of a predictions CSV.
+    Unreadable files are a DataError naming them, or with ``skip_unreadable`` are left out.
     """
     option = f"data.predict_dir={str(folder)!r}"
     if not folder.is_dir():
@@ -297,12 +471,29 @@ def load_unlabelled_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
                 "rename one of them."
             )
         seen[stem] = path
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(_decode, paths, chunksize=256))
-    return np.stack(images), stems
+    x, kept, failed = _decode_all(paths)
+    unreadable = [(Path(paths[i]).name, why) for i, why in failed]
+    if skip_unreadable and not len(kept):  # leaving them out would leave nothing to predict
+        raise DataError(f"{option}: none of its {len(paths)} images can be read; fix or replace them.")
+    _report_unreadable(unreadable, option, skip_unreadable)
+    return x, [stems[i] for i in kept]
 
 
-def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
+@contextmanager
+def _cache_lock(root: Path) -> Iterator[None]:
+    """Hold ``root/.cifarlit-cache.lock``; where it cannot be created (a read-only folder, which gets no cache
+    either) go on without it."""
+    lock_file = root / LOCK_NAME
+    try:  # created here because FileLock would retry a failing open until its timeout, forever by default
+        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError:
+        yield
+        return
+    with FileLock(lock_file):
+        yield
+
+
+def _read_cache(cache_file: Path, fingerprint: str) -> tuple[RawData, list[tuple[str, str]]] | None:
     if not cache_file.is_file():
         return None
     try:
@@ -313,7 +504,7 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
                     stacklevel=3,
                 )
                 return None
-            return RawData(
+            data = RawData(
                 z["train_x"],
                 z["train_y"],
                 z["test_x"],
@@ -321,6 +512,9 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
                 tuple(str(c) for c in z["classes"]),
                 fingerprint,
             )
+            # Caches written before files could be skipped have no list: they hold every file.
+            skipped = zip(z["unreadable"], z["unreadable_why"], strict=True) if "unreadable" in z.files else ()
+            return data, [(str(name), str(why)) for name, why in skipped]
     except Exception as err:  # a truncated or foreign file: rebuild rather than trust it
         warnings.warn(
             f"{cache_file} is unreadable ({err.__class__.__name__}); decoding the images again.", stacklevel=3
@@ -328,15 +522,20 @@ def _read_cache(cache_file: Path, fingerprint: str) -> RawData | None:
         return None
 
 
-def _write_cache(cache_file: Path, data: RawData) -> None:
-    # Write to a temporary name and rename, so a crash mid-write never leaves a half cache under the real name.
-    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+def _write_cache(cache_file: Path, data: RawData, unreadable: list[tuple[str, str]]) -> None:
+    # Write to a temporary name and rename, so a crash mid-write never leaves a half cache under the real name;
+    # only the real name is ever read.
+    _remove_leftovers(cache_file.parent)
+    tmp = cache_file.with_name(f"{cache_file.name}.{_owner()}.tmp")
     try:
         with open(tmp, "wb") as f:
             np.savez(
                 f,
                 train_x=data.train_x, train_y=data.train_y, test_x=data.test_x, test_y=data.test_y,
                 classes=np.array(data.classes), fingerprint=np.array(data.fingerprint),
+                # plain string arrays, readable with allow_pickle=False
+                unreadable=np.array([name for name, _ in unreadable], dtype=str),
+                unreadable_why=np.array([why for _, why in unreadable], dtype=str),
             )  # fmt: skip
         os.replace(tmp, cache_file)
     except OSError as err:  # a read-only data folder still trains, just without the cache
