@@ -122,8 +122,8 @@ def py2_pickle(obj) -> bytes:
 
 @pytest.mark.parametrize(
     "dumps",
-    [py2_pickle, lambda obj: pickle.dumps(obj, protocol=2), pickle.dumps],
-    ids=["python2-release", "protocol2", "default-protocol"],
+    [py2_pickle, lambda obj: pickle.dumps(obj, protocol=2), pickle.dumps, lambda obj: pickle.dumps(obj, protocol=5)],
+    ids=["python2-release", "protocol2", "default-protocol", "protocol5"],
 )
 def test_batches_as_released_and_as_repickled_still_load(pickle_root, tmp_path, dumps):
     expected = sources.load(pickle_root)

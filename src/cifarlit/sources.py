@@ -237,6 +237,8 @@ def load(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawDa
 _BATCH_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),  # the official release, and numpy 1.x
     ("numpy._core.multiarray", "_reconstruct"),  # numpy 2.x
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 (Python 3.14's default): an array from its bytes
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),  # how Python 3 writes bytes (the array's buffer) in a protocol-2 pickle
