@@ -75,3 +75,14 @@ class RankReport(Callback):
             "val_loss": float(trainer.callback_metrics["val/loss"]),
         }
         (out_dir() / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+class RankDrift(Callback):
+    """Rank 1 draws one extra random number per step, so the processes' RNG states differ, as they do when
+    each draws for batches of its own sizes or on its own GPU."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == 1:
+            import torch
+
+            torch.rand(1)

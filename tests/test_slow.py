@@ -188,3 +188,67 @@ def test_tensorboard_serves_the_curves_and_hparams(pickle_root, tmp_path, monkey
     finally:
         server.terminate()
         server.wait()
+
+
+THREE_CLASSES = ("--data.keep_classes", "[airplane, automobile, bird]")  # 15 test images: not divisible by 2
+
+
+def test_ddp_test_metrics_equal_a_single_process_run(pickle_root, tmp_path):
+    """DistributedSampler pads a split to a multiple of the process count; cifarlit's eval batches do not, so a
+    2-process test of an odd-sized test set counts every image once, as one process does."""
+    subprocess_fit("--data.data_dir", str(pickle_root), *THREE_CLASSES, "--trainer.max_epochs", "2",
+                   "--trainer.accelerator", "cpu", "--test_after_fit", "false", cwd=tmp_path, out=tmp_path)  # fmt: skip
+    ckpt = next((tmp_path / "lightning_logs" / "default" / "version_0" / "checkpoints").glob("last.ckpt"))
+    matrices = {}
+    for devices in ("1", "2"):
+        name = f"test_{devices}"
+        result = subprocess.run(
+            [sys.executable, "-m", "cifarlit", "test", "-c", DEFAULT, "--data.data_dir", str(pickle_root),
+             *THREE_CLASSES, "--ckpt_path", str(ckpt), "--trainer.accelerator", "cpu", "--trainer.devices", devices,
+             "--trainer.strategy", "ddp" if devices == "2" else "auto", "--trainer.logger.init_args.name", name],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = tmp_path / "lightning_logs" / name / "version_0"
+        matrices[devices] = (run / "confusion_matrix.csv").read_text()
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        matrices[devices + "acc"] = scalars(run, "test/acc")
+    assert matrices["1"] == matrices["2"]
+    assert sum(int(v) for line in matrices["2"].splitlines()[1:] for v in line.split(",")[1:]) == 15
+    assert matrices["1acc"] == matrices["2acc"]
+
+
+def test_a_resumed_ddp_run_gives_each_process_its_own_rng_state(pickle_root, tmp_path):
+    common = ["--data.data_dir", str(pickle_root), "--data.batch_size", "16", "--trainer.accelerator", "cpu",
+              "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.augment.preset", "flip",
+              "--test_after_fit", "false", "--trainer.callbacks+=helpers.RankDrift"]  # fmt: skip
+    subprocess_fit(*common, "--trainer.max_epochs", "3", "--trainer.logger.init_args.name", "whole",
+                   cwd=tmp_path, out=tmp_path)  # fmt: skip
+    subprocess_fit(*common, "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "split",
+                   cwd=tmp_path, out=tmp_path)  # fmt: skip
+    subprocess_fit(*common, "--trainer.max_epochs", "3", "--trainer.logger.init_args.name", "split",
+                   "--ckpt_path", "last", cwd=tmp_path, out=tmp_path)  # fmt: skip
+    runs = tmp_path / "lightning_logs"
+    whole = torch.load(runs / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(runs / "split" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == whole["epoch"] == 2
+    assert len(whole["cifarlit_rng_states"]) == 2  # one per process
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_two_fits_started_together_on_a_new_folder_both_finish_in_their_own_runs(fresh_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--data.data_dir", str(fresh_folder), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
+    procs = [subprocess_fit(*args, cwd=tmp_path, out=out, wait=False) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    runs = sorted((tmp_path / "lightning_logs" / "default").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]
+    for run in runs:
+        assert {"config.yaml", "run_info.json", "confusion_matrix.csv"} <= {p.name for p in run.iterdir()}
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (fresh_folder / ".cifarlit-cache.npz").is_file()
