@@ -2,24 +2,267 @@
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
+from cifarlit.nets import ACTIVATIONS, MLP, NORMS
 from helpers import CONFIGS, config_args, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+# --- what a config sets, read back from the objects a run built -------------------------------------------------
+
+# Trainer arguments that fast_dev_run replaces on the Trainer: for these the test reads what the Trainer was given.
+FAST_DEV_RUN_SETS = {"max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "logger"}
+PATH_KEYS = {"data_dir", "dirpath", "save_dir", "init_from"}
+SIZE_KEYS = {"val_size", "train_subset", "val_subset"}  # data sizes: a count or a fraction
+
+
+def merged_config(files: list[str], overrides: dict) -> dict:
+    """The `-c` files merged as LightningCLI merges them (later keys win, lists replace lists), then ``overrides``."""
+
+    def merge(base: dict, new: dict) -> dict:
+        for key, value in new.items():
+            both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+            base[key] = merge(base[key], value) if both_dicts else value
+        return base
+
+    merged: dict = {}
+    for path in files:
+        merge(merged, yaml.safe_load(Path(path).read_text()))
+    return merge(merged, overrides)
+
+
+def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """``{"a": {"b": 1}, "c": [...]}`` -> ``[("a.b", 1), ("c", [...])]``: a list is one value."""
+    out = []
+    for key, value in tree.items():
+        out += leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return out
+
+
+def resolve(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def attribute(obj, name: str):
+    """An init argument as the object keeps it, as ``name`` or ``_name`` (Lightning keeps some private)."""
+    for attr in (name, f"_{name}"):
+        if hasattr(obj, attr):
+            return getattr(obj, attr)
+    raise AssertionError(f"a {type(obj).__name__} keeps no {name!r}: say where a run shows it")
+
+
+def size(value):
+    """A data size as the config means it: a whole number is a count (16.0 is 16 images), else a fraction."""
+    return int(value) if isinstance(value, float) and value >= 1 and value.is_integer() else value
+
+
+def normalize(value, key: str = ""):
+    """Tuples as lists and paths resolved against the working directory, so equal settings compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [normalize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalize(v, k) for k, v in value.items()}
+    if key.rpartition(".")[2] in PATH_KEYS and isinstance(value, (str, Path)):
+        return Path(value).resolve()
+    return value
+
+
+def same(a, b) -> bool:
+    """Equal and of the same types all the way down: a count of 16 images is not 16.0."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def pair_objects(objects: list, listed: list[dict], extras: bool = True) -> tuple[list[str], list[str]]:
+    """(what the ``listed`` class_path/init_args entries ask for, what ``objects`` hold), each as ``Class(arg=value)``
+    in the listed order: each entry is paired with an object of exactly its class, one with its values first. With
+    ``extras`` the objects no entry asked for come last, as ``Class(...)``."""
+
+    def values(obj, args: dict) -> dict:
+        return {k: normalize(attribute(obj, k), k) for k in args}
+
+    def text(cls: type, args: dict | None) -> str:
+        return f"{cls.__name__}({'...' if args is None else ', '.join(f'{k}={v!r}' for k, v in args.items())})"
+
+    left, wanted, seen = list(objects), [], []
+    for entry in listed:
+        cls, args = resolve(entry["class_path"]), normalize(entry.get("init_args") or {})
+        wanted.append(text(cls, args))
+        of_class = [obj for obj in left if type(obj) is cls]
+        if of_class:
+            pick = next((obj for obj in of_class if same(values(obj, args), args)), of_class[0])
+            left.remove(pick)
+            seen.append(text(cls, values(pick, args)))
+    return wanted, seen + ([text(type(obj), None) for obj in left] if extras else [])
+
+
+def expected_split_sizes(dm, data: dict) -> tuple[int, int]:
+    """(train, val) images that ``data``'s val_size, train_subset and val_subset leave of the kept classes: a
+    held-out fraction rounds up (scikit-learn's test_size), a subset fraction to the nearest count, at least 1."""
+    from cifarlit import sources
+
+    raw = sources.load(dm.data_dir)
+    n = int(np.isin(raw.train_y, [raw.classes.index(c) for c in dm.classes]).sum())
+    val_size = size(data.get("val_size", 0.2))
+    held = val_size if isinstance(val_size, int) else math.ceil(val_size * n)
+
+    def subset(wanted, pool: int) -> int:
+        wanted = size(wanted)
+        if wanted is None:
+            return pool
+        return wanted if isinstance(wanted, int) else max(1, round(wanted * pool))
+
+    return subset(data.get("train_subset"), n - held), subset(data.get("val_subset"), held)
+
+
+def mlp_layout(net: MLP) -> dict:
+    """The MLP options as its layers show them."""
+    layers = list(net.layers)
+    return {
+        "hidden_sizes": [m.out_features for m in layers if isinstance(m, nn.Linear)],
+        "norm": next((name for name, cls in NORMS.items() if any(isinstance(m, cls) for m in layers)), "none"),
+        "dropout": [m.p for m in layers if isinstance(m, nn.Dropout)],
+        "activation": next((name for name, cls in ACTIVATIONS.items() if any(type(m) is cls for m in layers)), None),
+    }
+
+
+def data_readings(cli, name: str, value, merged: dict) -> list[tuple[str, object, object]]:
+    dm = cli.datamodule
+    if name.startswith("augment."):
+        field = name.partition(".")[2]
+        return [
+            ("datamodule.hparams['augment']", dm.hparams["augment"][field], value),
+            ("the batch augmentation's config", getattr(dm.batch_augment.cfg, field), value),
+        ]
+    out = [(f"datamodule.hparams[{name!r}]", dm.hparams[name], size(value) if name in SIZE_KEYS else value)]
+    if name == "batch_size":
+        out.append(("the training loader's batch size", dm.train_dataloader().batch_sampler.batch_size, value))
+    elif name == "num_workers":
+        out.append(("the training loader's workers", dm.train_dataloader().num_workers, value))
+    elif name == "keep_classes":
+        out.append(("datamodule.classes", list(dm.classes), value))
+    elif name == "data_dir":
+        out.append(("datamodule.data_dir", dm.data_dir, value))
+    elif name in SIZE_KEYS:
+        sizes = (len(dm.train_set), len(dm.val_set))
+        out.append(("the (train, val) images", sizes, expected_split_sizes(dm, merged["data"])))
+    return out
+
+
+def model_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
+    model, trainer = cli.model, cli.trainer
+    part, arg = name.partition(".")[0], name.partition(".init_args.")[2]
+    if name == "net.class_path":
+        return [("type(model.net)", type(model.net), resolve(value))]
+    if part == "net":
+        return [(f"model.hparams['net'] {arg}", model.hparams["net"]["init_args"][arg], value)]
+    if part == "optimizer":
+        assert len(trainer.optimizers) == 1, f"model.optimizer is set; the run has {len(trainer.optimizers)} optimizers"
+        optimizer = trainer.optimizers[0]
+        if name == "optimizer.class_path":
+            return [("type(trainer.optimizers[0])", type(optimizer), resolve(value))]
+        out = [(f"the optimizer's defaults[{arg!r}]", optimizer.defaults[arg], value)]
+        if arg == "lr":  # a scheduler moves the current lr and keeps the configured one as initial_lr
+            group = optimizer.param_groups[0]
+            out.append(("the first param group's starting lr", group.get("initial_lr", group["lr"]), value))
+        return out
+    if part == "lr_scheduler":
+        schedulers = trainer.lr_scheduler_configs
+        assert len(schedulers) == 1, f"model.lr_scheduler is set; the run has {len(schedulers)} schedulers"
+        config = schedulers[0]
+        if name == "lr_scheduler.class_path":
+            return [("the scheduler's type", type(config.scheduler), resolve(value))]
+        if hasattr(config.scheduler, arg):
+            return [(f"the scheduler's {arg}", getattr(config.scheduler, arg), value)]
+        return [(f"model.hparams['lr_scheduler'] {arg}", model.hparams["lr_scheduler"]["init_args"][arg], value)]
+    out = [(f"model.hparams[{name!r}]", model.hparams[name], value)]
+    if name in ("hidden_sizes", "norm", "dropout", "activation") and type(model.net) is MLP:
+        want = value
+        if name == "dropout" and not isinstance(value, list):  # one probability: after each hidden layer, if > 0
+            want = [value] * len(model.hparams.hidden_sizes) if value > 0 else []
+        out.append(("the MLP's layers", mlp_layout(model.net)[name], want))
+    elif name == "scheduler_interval" and trainer.lr_scheduler_configs:
+        out.append(("the scheduler's interval", trainer.lr_scheduler_configs[0].interval, value))
+    elif name == "init_from":  # LitMLP.setup keeps a report of the weights it loaded
+        out.append(("whether weights were loaded", hasattr(model, "init_report"), value is not None))
+    return out
+
+
+def trainer_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
+    trainer = cli.trainer
+    option, _, rest = name.partition(".")
+    if option in FAST_DEV_RUN_SETS:
+        given = cli.config_init["fit.trainer"][option]
+        if option != "logger":
+            return [("the Trainer's argument (fast_dev_run replaces it)", given, value)]
+        if rest == "class_path":
+            return [("the logger given to the Trainer", type(given), resolve(value))]
+        arg = rest.partition("init_args.")[2]
+        return [(f"the logger's {arg}", attribute(given, arg), value)]
+    if option == "callbacks":  # less the defaults Lightning adds when the config lists none of their kind
+        listed = tuple(resolve(entry["class_path"]) for entry in value)
+        added = [cb for cb in trainer.callbacks if isinstance(cb, (ModelSummary, ProgressBar))]
+        wanted, seen = pair_objects(
+            [cb for cb in trainer.callbacks if cb not in added or isinstance(cb, listed)], value
+        )
+        return [("trainer.callbacks", seen, wanted)]
+    if option == "plugins":
+        wanted, seen = pair_objects([trainer.strategy.checkpoint_io, trainer.strategy.precision_plugin], value, False)
+        return [("the strategy's plugins", seen, wanted)]
+    if option == "deterministic" and value == "auto":  # bit-identical runs on the CPU
+        value = trainer.strategy.root_device.type == "cpu"
+    live = {
+        "accelerator": ("the device", trainer.strategy.root_device.type),
+        "devices": ("trainer.num_devices", trainer.num_devices),
+        "deterministic": ("torch's deterministic algorithms", torch.are_deterministic_algorithms_enabled()),
+        "float32_matmul_precision": ("torch's matmul precision", torch.get_float32_matmul_precision()),
+        "enable_checkpointing": ("any checkpoint callback", bool(trainer.checkpoint_callbacks)),
+    }
+    where, got = live.get(option) or (f"trainer.{option}", attribute(trainer, option))
+    return [(where, got, value)]
+
+
+def readings(cli, key: str, value, merged: dict) -> list[tuple[str, object, object]]:
+    """Where the run shows the config's ``key``: [(where, what it holds, what ``value`` asks of it)]. A key without
+    a reading fails: a new option must say where a run shows it."""
+    section, _, name = key.partition(".")
+    if key == "seed_everything":
+        return [("PL_GLOBAL_SEED", int(os.environ["PL_GLOBAL_SEED"]), value)]
+    if key == "test_after_fit":  # acted on after a full fit only: under fast_dev_run the parsed value is all there is
+        return [("the parsed config", cli.config.fit.test_after_fit, value)]
+    if section == "data":
+        return data_readings(cli, name, value, merged)
+    if section == "model":
+        return model_readings(cli, name, value)
+    if section == "trainer":
+        return trainer_readings(cli, name, value)
+    raise AssertionError(f"no reading for {key}: say where a run shows it")
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # set again only if the config's seed_everything is applied
     if config.name.startswith("finetune"):  # starts from the checkpoint that pretrain.yaml writes: run that first
         run_cli(
             "fit", *config_args(config.parent / "pretrain.yaml"), "--data.data_dir", str(pickle_root),
@@ -32,6 +275,19 @@ def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeyp
     )  # fmt: skip
     assert cli.trainer.state.finished
     assert "train/loss" in cli.trainer.callback_metrics
+    # Every key of the config chain (and of the command line) shows in the objects the run built.
+    command_line = {"data": {"data_dir": str(pickle_root), "download": False},
+                    "trainer": {"fast_dev_run": True, "accelerator": "cpu"}}  # fmt: skip
+    merged = merged_config(config_args(config)[1::2], command_line)
+    for key, value in leaves(merged):
+        for where, got, want in readings(cli, key, value, merged):
+            assert same(normalize(got, key), normalize(want, key)), (
+                f"{config}: {key}: {want!r} asked, {where} is {got!r}"
+            )
+    if "lr_scheduler" not in merged["model"]:
+        assert not cli.trainer.lr_scheduler_configs, f"{config} sets no lr_scheduler, yet the run has one"
+    if "net" not in merged["model"]:
+        assert type(cli.model.net) is MLP, f"{config} names no model.net, yet the run trains a {type(cli.model.net)}"
 
 
 def test_fit_then_test_writes_curves_checkpoints_and_config(pickle_root, tmp_path, monkeypatch):

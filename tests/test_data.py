@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -65,12 +66,21 @@ def test_split_is_stratified_exact_and_disjoint(pickle_root):
     assert len(set(dm.train_idx) | set(dm.val_idx)) == 200
 
 
-def test_split_depends_only_on_data_seed(pickle_root):
-    a, b, c = make_dm(pickle_root, seed=1), make_dm(pickle_root, seed=1), make_dm(pickle_root, seed=2)
-    torch.manual_seed(123)  # the global (training) seed must not move val images
-    np.testing.assert_array_equal(a.val_idx, b.val_idx)
-    assert a.split_fingerprint == b.split_fingerprint != c.split_fingerprint
-    assert not np.array_equal(a.val_idx, c.val_idx)
+# the split alone; with fraction subsets; with a count below the class count (drawn at random, not stratified)
+@pytest.mark.parametrize("subsets", [{}, {"train_subset": 0.5, "val_subset": 0.5}, {"train_subset": 3}], ids=str)
+def test_split_depends_only_on_data_seed(pickle_root, subsets):
+    def split_after_training_seed(training_seed: int, data_seed: int) -> CIFAR10DataModule:
+        L.seed_everything(training_seed)  # torch, NumPy and Python's global generators, as `fit` seeds them
+        return make_dm(pickle_root, seed=data_seed, **subsets)
+
+    a, b = split_after_training_seed(1, data_seed=7), split_after_training_seed(2, data_seed=7)
+    for part in ("train_idx", "val_idx"):  # the training seed moves no image between train, val and the subsets
+        np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+    assert a.split_fingerprint == b.split_fingerprint
+    c = split_after_training_seed(1, data_seed=8)  # the same training seed, another data seed: another split
+    assert not np.array_equal(a.val_idx, c.val_idx) and a.split_fingerprint != c.split_fingerprint
+    if subsets:
+        assert not np.array_equal(a.train_idx, c.train_idx)
 
 
 def test_fraction_subset_is_stratified_and_from_train_split_only(pickle_root):

@@ -124,30 +124,87 @@ def finished_runs(pickle_root, tmp_path_factory):
     return root / "lightning_logs"
 
 
+def curves_png(path: Path, runs: int) -> None:
+    """``path`` is a PNG of the learning curves with a line in each of the first ``runs`` colours of the plot's
+    cycle (tab10: run i in colour i) and none in the next, so each run, and only those, is drawn."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.verify()  # a complete, undamaged PNG
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) >= 500
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    tab10 = [tuple(round(255 * c) for c in matplotlib.colormaps["tab10"](i)[:3]) for i in range(runs + 1)]
+    drawn = [int((pixels == colour).all(axis=1).sum()) for colour in tab10]
+    assert all(n > 100 for n in drawn[:runs]) and drawn[runs] == 0, f"pixels per run colour (one more last): {drawn}"
+
+
+def table_rows(text: str) -> dict[str, dict[str, str]]:
+    """The markdown table's rows by run name, each as {column header: cell}."""
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    header, rule, body = cells[0], cells[1], cells[2:]
+    assert all(set(cell) == {"-"} for cell in rule) and len(rule) == len(header)
+    rows = {row[0]: dict(zip(header, row, strict=True)) for row in body}
+    assert len(rows) == len(body), "one row per run"
+    return rows
+
+
+def row_from_events(run_dir: Path) -> dict[str, str]:
+    """What the table should say of a run, from its TensorBoard event files."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    val_acc = [e.value for e in scalars["val/acc"]]
+    fit_seconds = round(scalars["val/acc"][-1].wall_time - events.FirstEventTimestamp())  # start to last validation
+    return {
+        "epochs": str(len(val_acc)),
+        "final train/acc": f"{scalars['train/acc'][-1].value:.4f}",
+        "final val/acc": f"{val_acc[-1]:.4f}",
+        "best val/acc": f"{max(val_acc):.4f}",
+        "best val/loss": f"{min(e.value for e in scalars['val/loss']):.4f}",
+        "test/acc": f"{scalars['test/acc'][-1].value:.4f}" if "test/acc" in scalars else "-",
+        "fit time": f"{fit_seconds // 60}m{fit_seconds % 60:02d}s",
+    }
+
+
 def test_compare_writes_curves_and_table(finished_runs, tmp_path, capsys):
     png, table = tmp_path / "curves.png", tmp_path / "table.md"
     code = compare_main([str(finished_runs / "*" / "version_*"), "--output", str(png), "--table", str(table)])
     assert code == 0
-    assert png.stat().st_size > 10_000
-    rows = {line.split("|")[1].strip(): line for line in table.read_text().splitlines()[2:]}
-    assert set(rows) == {"long", "short"}
-    assert rows["long"].split("|")[2].strip() == "3" and rows["short"].split("|")[2].strip() == "2"
-    assert rows["short"].split("|")[7].strip() == "-"  # no test metrics: shown as '-', not a crash
-    assert rows["long"].split("|")[8].strip().endswith("s")  # fit wall time
-    assert "| long |" in capsys.readouterr().out
+    rows = table_rows(table.read_text())
+    assert list(rows) == ["long", "short"]  # the glob's order, which is the curves' colour order
+    curves_png(png, runs=2)
+    for name, row in rows.items():
+        assert row == {"run": name, **row_from_events(finished_runs / name / "version_0")}
+    assert rows["long"]["epochs"] == "3" and rows["short"]["epochs"] == "2"  # as the runs were fitted
+    assert rows["short"]["test/acc"] == "-" and rows["long"]["test/acc"] != "-"  # only 'long' was tested
+    assert table_rows(capsys.readouterr().out) == rows  # the same table on stdout
 
 
-def test_compare_expands_a_logs_folder(finished_runs, tmp_path):
-    assert compare_main([str(finished_runs), "--output", str(tmp_path / "c.png")]) == 0
+def test_compare_expands_a_logs_folder(finished_runs, tmp_path, capsys):
+    png = tmp_path / "c.png"
+    assert compare_main([str(finished_runs), "--output", str(png)]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert list(rows) == ["long", "short"]
+    for name, row in rows.items():
+        assert row == {"run": name, **row_from_events(finished_runs / name / "version_0")}
+    curves_png(png, runs=2)
 
 
 def test_compare_rejects_a_folder_without_event_files(tmp_path, capsys):
     (tmp_path / "empty_run").mkdir()
     assert compare_main([str(tmp_path / "empty_run"), "--output", str(tmp_path / "c.png")]) == 2
     assert "no TensorBoard event files" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
 
 
-def test_compare_through_the_cli(finished_runs, tmp_path):
+def test_compare_through_the_cli(finished_runs, tmp_path, capsys):
+    png = tmp_path / "c.png"
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["compare", str(finished_runs / "long" / "version_0"), "--output", str(tmp_path / "c.png")])
+        cli_main(["compare", str(finished_runs / "long" / "version_0"), "--output", str(png)])
     assert exit_info.value.code == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows == {"long": {"run": "long", **row_from_events(finished_runs / "long" / "version_0")}}
+    curves_png(png, runs=1)
