@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, SubsetRandomSampler
 
-from cifarlit.loaders import ArrayDataset, TensorBatchSampler, whole_batch
+from cifarlit.loaders import ArrayDataset, EvalBatchSampler, TensorBatchSampler, TrainBatchSampler, whole_batch
 
 
 def dataset(n: int = 103) -> ArrayDataset:
@@ -70,3 +70,39 @@ def test_loader_hands_out_the_images_the_indices_name():
     assert y.tolist() == [4, 2] and x[:, 0, 0, 0].tolist() == [4, 2]
     x0, y0 = ds[9]
     assert x0.shape == (3, 4, 4) and int(y0) == 9
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "dropped"), [(103, 51, 1), (103, 34, 1), (103, 10, 0), (1, 1, 0), (1, 8, 0)]
+)
+def test_training_leaves_out_a_last_batch_of_one_image(n, batch_size, dropped):
+    sampler = TrainBatchSampler(RandomSampler(dataset(n)), batch_size, drop_last=False)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sum(len(b) for b in batches) == n - dropped
+    assert len(batches) == 1 or min(len(b) for b in batches) > 1  # BatchNorm can always normalize a batch
+
+
+@pytest.mark.parametrize(("n", "world", "batch_size"), [(15, 2, 4), (103, 2, 10), (100, 3, 1000), (3, 2, 1)])
+def test_eval_shards_hold_every_image_once_in_as_many_batches(n, world, batch_size):
+    ds = dataset(n)
+    shards = []
+    for rank in range(world):
+        sampler = EvalBatchSampler(DistributedSampler(ds, world, rank, shuffle=False), batch_size, drop_last=False)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) and all(len(b) <= batch_size for b in batches)
+        shards.append(batches)
+    assert len({len(batches) for batches in shards}) == 1  # a per-batch collective lines up on every process
+    seen = sorted(i for batches in shards for b in batches for i in b.tolist())
+    assert seen == list(range(n))  # DistributedSampler alone would repeat images to even out the shards
+
+
+def test_a_batchnorm_mlp_trains_when_the_last_batch_holds_one_image(pickle_root, tmp_path, monkeypatch):
+    from helpers import REPO, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root),
+                  "--data.val_size", "56", "--model.norm", "batch", "--data.batch_size", "143",
+                  "--trainer.max_epochs", "2")  # fmt: skip
+    assert len(cli.datamodule.train_set) == 144 and cli.trainer.global_step == 2  # one step per epoch
+    assert torch.isfinite(cli.trainer.callback_metrics["test/loss"])
