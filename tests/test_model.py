@@ -155,9 +155,9 @@ def test_total_steps_given_in_the_config_is_kept():
 def test_docstring_examples():
     import doctest
 
-    from cifarlit import export, files, nets, predict, schedules
+    from cifarlit import data, export, files, nets, predict, schedules
 
-    for module in (nets, schedules, export, files, predict):
+    for module in (nets, schedules, export, files, predict, data):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

@@ -10,6 +10,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from cifarlit import figures
 from cifarlit.files import atomic_write
 
 HINTS = (
@@ -226,11 +227,7 @@ class PerClassReport(Callback):
 
 def confusion_figure(matrix: torch.Tensor, classes: tuple[str, ...]):
     """A matplotlib figure of the confusion matrix, rows normalized to the true class's share, counts written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     k = len(classes)
     share = (matrix / matrix.sum(1, keepdim=True).clamp_min(1)).numpy()
     fig, ax = plt.subplots(figsize=(2 + 0.6 * k, 1.5 + 0.6 * k))

@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from cifarlit import checkpoints, runs  # noqa: E402
 from cifarlit.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
 from cifarlit.data import CIFAR10DataModule  # noqa: E402
-from cifarlit.errors import CifarlitError  # noqa: E402
+from cifarlit.errors import CifarlitError, report  # noqa: E402
 from cifarlit.model import LitMLP  # noqa: E402
 from cifarlit.trainer import CifarTrainer  # noqa: E402
 
@@ -112,18 +112,17 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
             from cifarlit.compare import main
 
             sys.exit(main(argv[1:]))
-        if argv[:1] == ["tune"]:  # many fits under an Optuna study
+        if argv[:1] == ["tune"]:  # many fits under an Optuna study; each trial is `fit` through this CLI
             from cifarlit.tune import main
 
-            sys.exit(main(argv[1:]))
+            sys.exit(main(argv[1:], run_fit))
         if argv[:1] == ["export"]:  # a checkpoint in, one model file out: needs no data or trainer
             from cifarlit.export import main
 
             sys.exit(main(argv[1:]))
         return build_cli(args)
     except CifarlitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report(err))
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 from pathlib import Path
 
-from cifarlit.errors import CifarlitError
-from cifarlit.files import atomic_path, atomic_write
+from cifarlit import figures
+from cifarlit.errors import CifarlitError, report
+from cifarlit.files import atomic_write
 
 CURVES = ("loss", "acc")
 
@@ -84,11 +84,7 @@ def _duration(seconds: list[float]) -> str:
 
 def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
     """One row per metric (loss, acc), train on the left and val on the right, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     fig, axes = plt.subplots(len(CURVES), 2, figsize=(11, 4 * len(CURVES)), squeeze=False)
     for row, metric in enumerate(CURVES):
         for col, stage in enumerate(("train", "val")):
@@ -109,8 +105,7 @@ def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
+    figures.save(fig, path)
     plt.close(fig)
 
 
@@ -124,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = find_runs(args.runs)
         runs = {run_name(p, paths): read_run(p) for p in paths}
     except CifarlitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     plot(runs, Path(args.output))
     table = summary_table(runs)
     print(table)

@@ -363,9 +363,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         """(x_uint8 * scale + shift) == (x / 255 - mean) / std, cached per device, and scale for [0, 1] images."""
         key = (str(device), self.mean.data_ptr())
         if getattr(self, "_affine_key", None) != key:
-            std = self.std.view(1, -1, 1, 1).to(device)
-            scale = 1 / (255 * std)
-            self._affine_cache = (scale, (-self.mean.view(1, -1, 1, 1).to(device) / std), scale * 255)
+            scale, shift = (t.to(device) for t in normalizer(self.mean, self.std))
+            self._affine_cache = (scale, shift, scale * 255)
             self._affine_key = key
         return self._affine_cache
 
@@ -389,6 +388,18 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"{list(self.classes)}: test on data with the same class folders."
             )
         self._classes = classes
+
+
+def normalizer(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each ``(1, C, 1, 1)``, with ``x_uint8 * scale + shift == (x / 255 - mean) / std``: one
+    multiply-add per pixel. The training data and the exported model both normalize with it.
+
+    >>> scale, shift = normalizer(torch.tensor([0.5]), torch.tensor([0.25]))
+    >>> (torch.tensor([255.0]).view(1, 1, 1, 1) * scale + shift).item()
+    2.0
+    """
+    std = std.view(1, -1, 1, 1).float()
+    return 1 / (255 * std), -mean.view(1, -1, 1, 1).float() / std
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cifarlit import checkpoints
-from cifarlit.errors import CifarlitError
+from cifarlit.data import CIFAR10DataModule, normalizer
+from cifarlit.errors import CifarlitError, report
 from cifarlit.files import atomic_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -36,9 +36,9 @@ class ExportedClassifier(nn.Module):
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, classes: list[str]) -> None:
         super().__init__()
         self.net = net
-        # (x / 255 - mean) / std as one multiply-add, like the DataModule's on-device normalization.
-        self.register_buffer("scale", (1 / (255 * std)).view(1, -1, 1, 1).float())
-        self.register_buffer("shift", (-mean / std).view(1, -1, 1, 1).float())
+        scale, shift = normalizer(mean, std)  # exactly what the DataModule fed the network in training
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
         self.classes = list(classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,6 @@ class ExportedClassifier(nn.Module):
 
 def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
     """The checkpoint's network wrapped for export, and its input shape ``(C, H, W)``."""
-    from cifarlit.data import CIFAR10DataModule
     from cifarlit.model import LitMLP
 
     ckpt = checkpoints.load_checkpoint(ckpt_path)  # tensors and plain values only: a crafted file runs nothing
@@ -115,7 +114,6 @@ def main(argv: list[str]) -> int:
     try:
         path = export(args.ckpt_path, args.format, args.output)
     except CifarlitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report(err)
     print(f"exported {args.format} model: {path}")
     return 0

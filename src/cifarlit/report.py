@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarlit.files import atomic_path
+from cifarlit import figures
 
 
 def describe(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -74,11 +74,7 @@ def to_json(splits: dict[str, dict], classes: tuple[str, ...]) -> str:
 
 def sample_grid(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...], per_class: int, path: Path, seed: int = 0):
     """Save a PNG with ``per_class`` random images of each class, one row per class; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     rng = np.random.default_rng(seed)
     labels = y.numpy()
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95), squeeze=False)
@@ -92,6 +88,5 @@ def sample_grid(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...], per_
                 ax.imshow(x[chosen[col]].permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
         axes[row][0].set_title(name, fontsize=7, loc="left")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
+    figures.save(fig, path)
     return fig

@@ -15,7 +15,7 @@ Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml`
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -74,7 +74,9 @@ def nested(values: dict[str, object]) -> dict:
     return tree
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], run_fit: Callable) -> int:
+    """``cifarlit tune ARGS``; ``run_fit(args, extra_callbacks)`` runs one ``cifarlit fit`` (the CLI passes its own,
+    so this module does not import the command line back)."""
     parser = argparse.ArgumentParser(
         prog="cifarlit tune",
         description="Optuna search over `cifarlit fit` runs. Arguments not listed here go to `fit` "
@@ -110,8 +112,6 @@ def main(argv: list[str]) -> int:
     )
 
     def objective(trial: optuna.Trial) -> float:
-        from cifarlit.cli import run_fit
-
         values = suggest(trial, space)
         pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
         run_args = [
@@ -147,7 +147,3 @@ def main(argv: list[str]) -> int:
         print(f"  {key}: {value}")
     print(f"written to {best_file}; train it on all data with your full config plus `-c {best_file}`")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
