@@ -38,6 +38,16 @@ def config_args(config: Path) -> list[str]:
     return [arg for f in files for arg in ("-c", str(REPO / f))]
 
 
+class RunsCode:
+    """Unpickling this runs a shell command that leaves a marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def out_dir() -> Path:
     return Path(os.environ["CIFARLIT_TEST_OUT"])
 

@@ -3,7 +3,6 @@ file ends in one `error:` sentence with exit status 2, no traceback, and nothing
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -12,17 +11,9 @@ import pytest
 import torch
 
 from cifarlit.cli import cli_main
-from helpers import REPO
+from helpers import REPO, RunsCode
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
-
-
-class RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ cifarlit's own checkpoints, from the CLI or from Python, load as tensors and pla
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -16,19 +15,9 @@ from cifarlit.cli import cli_main
 from cifarlit.data import CIFAR10DataModule
 from cifarlit.model import LitMLP
 from cifarlit.nets import SmallCNN
-from helpers import REPO, run_cli
+from helpers import REPO, RunsCode, run_cli
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
-
-
-class RunsCode:
-    """Unpickling this runs a shell command that leaves a marker file: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.fixture

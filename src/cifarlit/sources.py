@@ -90,6 +90,11 @@ def detect_format(root: Path) -> str | None:
     return None
 
 
+def _class_dirs(split_dir: Path) -> tuple[str, ...]:
+    """The sorted names of the sub-folders of ``split_dir`` (hidden ones left out): one per class."""
+    return tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")))
+
+
 def folder_classes(root: Path) -> tuple[str, ...]:
     """Class names of an image folder: the sorted sub-folders of ``root/train``, at least 2 of them.
 
@@ -97,7 +102,7 @@ def folder_classes(root: Path) -> tuple[str, ...]:
     a class count they never set.
     """
     train = root / "train"
-    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    classes = _class_dirs(train)
     if not classes:
         raise DataError(f"{train} has no class folders; lay images out as {root}/train/<class>/*.png.")
     if len(classes) == 1:
@@ -406,9 +411,7 @@ def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = Fa
     classes = folder_classes(root)
     splits = {"train": _list_split(root / "train", classes)}
     if (root / "test").is_dir():
-        test_classes = tuple(
-            sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith("."))
-        )
+        test_classes = _class_dirs(root / "test")
         if test_classes != classes:
             raise DataError(
                 f"class folders differ between {root / 'train'} {list(classes)} and {root / 'test'} "
