@@ -92,6 +92,17 @@ def test_default_output_is_the_run_directory(own_run, new_images, tmp_path, monk
     assert str(path) in capsys.readouterr().out
 
 
+def test_without_a_logger_the_csv_goes_to_the_checkpoints_run(own_run, new_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = own_run.run_dir / "predictions.csv"
+    try:
+        predict(own_run, tmp_path, "--data.predict_dir", str(new_images[0]), "--trainer.logger", "false")
+        assert len(read_rows(path)) == 9
+        assert not list(tmp_path.iterdir())  # never the working directory
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def test_predict_the_test_split_of_an_image_folder(own_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "test.csv"

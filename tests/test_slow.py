@@ -62,8 +62,8 @@ def test_explore_real_cifar10_mean(real_cifar, capsys):
         str(real_cifar),
         "--format",
         "json",
-        "--grid_path",
-        "null",
+        "--samples_per_class",
+        "0",
     )
     train = json.loads(capsys.readouterr().out)["splits"]["train"]
     assert train["mean"] == pytest.approx([0.491, 0.482, 0.447], abs=0.003)

@@ -64,8 +64,10 @@ def test_explore_table_and_tensorboard_grid(folder_root, tmp_path, monkeypatch, 
         "sample grid",
     ):
         assert word in out
-    assert (tmp_path / "explore.png").is_file()
-    events = EventAccumulator(str(next((tmp_path / "lightning_logs" / "explore").glob("version_*")))).Reload()
+    run = next((tmp_path / "lightning_logs" / "explore").glob("version_*"))
+    assert (run / "explore.png").is_file() and f"sample grid: {(run / 'explore.png').relative_to(tmp_path)}" in out
+    assert not list(tmp_path.glob("*.png"))  # nothing in the working directory
+    events = EventAccumulator(str(run)).Reload()
     assert "explore/samples" in events.Tags()["images"]
 
 
@@ -208,3 +210,14 @@ def test_compare_through_the_cli(finished_runs, tmp_path, capsys):
     rows = table_rows(capsys.readouterr().out)
     assert rows == {"long": {"run": "long", **row_from_events(finished_runs / "long" / "version_0")}}
     curves_png(png, runs=1)
+
+
+def test_compare_writes_next_to_the_runs_unless_told_otherwise(finished_runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert compare_main([str(finished_runs / "*" / "version_*")]) == 0
+        assert (finished_runs / "compare.png").is_file()  # the folder holding both runs
+        assert f"curves: {finished_runs.resolve() / 'compare.png'}" in capsys.readouterr().out
+        assert not list(tmp_path.iterdir())  # nothing in the working directory
+    finally:
+        (finished_runs / "compare.png").unlink(missing_ok=True)

@@ -81,6 +81,8 @@ class RunRecord(SaveConfigCallback):
     METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is None:  # no run folder: Lightning's would be the working directory
+            return
         first = not self.already_saved
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         super().setup(trainer, pl_module, stage)  # writes config.yaml on rank 0

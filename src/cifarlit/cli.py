@@ -64,7 +64,8 @@ class CifarCLI(LightningCLI):
             return
         if self.subcommand == "fit" and config.get("ckpt_path"):
             runs.resume_into_same_run(config, config.ckpt_path)
-        runs.claim_run_dir(config)
+        if self.subcommand != "explore":  # it writes a run folder only for its grid, at the end
+            runs.claim_run_dir(config)
 
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())

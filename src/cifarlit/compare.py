@@ -82,6 +82,13 @@ def _duration(seconds: list[float]) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
+def common_folder(paths: list[Path]) -> Path:
+    """The folder that holds all ``paths``: the run itself for one, e.g. ``lightning_logs/`` for several."""
+    import os
+
+    return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths]))
+
+
 def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
     """One row per metric (loss, acc), train on the left and val on the right, one line per run."""
     plt = figures.pyplot()
@@ -112,7 +119,10 @@ def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cifarlit compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders or globs, e.g. 'lightning_logs/*/version_*'")
-    parser.add_argument("--output", default="compare.png", help="where to write the learning-curve PNG")
+    parser.add_argument(
+        "--output", default=None, help="where to write the learning-curve PNG (default: compare.png in the folder "
+        "that holds the runs, e.g. lightning_logs/)"
+    )  # fmt: skip
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
     try:
@@ -120,11 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = {run_name(p, paths): read_run(p) for p in paths}
     except CifarlitError as err:
         return report(err)
-    plot(runs, Path(args.output))
+    output = Path(args.output) if args.output else common_folder(paths) / "compare.png"
+    plot(runs, output)
     table = summary_table(runs)
     print(table)
     if args.table:
         with atomic_write(Path(args.table)) as f:
             f.write(table + "\n")
-    print(f"\ncurves: {args.output}")
+    print(f"\ncurves: {output}")
     return 0

@@ -116,15 +116,16 @@ class CifarTrainer(Trainer):
         datamodule: CIFAR10DataModule,
         format: Literal["table", "json"] = "table",
         samples_per_class: int = 8,
-        grid_path: str | None = "explore.png",
+        grid_path: str | None = None,
         log_grid: bool = False,
     ) -> dict:
         """Describe the data per split: sizes, classes, channels, resolution, dtype, range, mean/std, balance.
 
         Args:
             format: ``table`` for people, ``json`` for scripts.
-            samples_per_class: images per class in the sample grid.
-            grid_path: where to save the PNG grid of samples (``null`` for none).
+            samples_per_class: images per class in the sample grid; 0 for no grid.
+            grid_path: where to save the PNG grid of samples; default ``explore.png`` in the run directory (the
+                logger's ``version_N`` folder), never the working directory.
             log_grid: also log the grid to the run's TensorBoard logger.
         """
         from cifarlit import report
@@ -141,15 +142,23 @@ class CifarTrainer(Trainer):
             )
         }
         print(report.to_json(splits, classes) if format == "json" else report.format_table(splits, classes))
-        if grid_path or log_grid:
+        if samples_per_class > 0 and (grid_path or log_grid or self.logger):
+            path = Path(grid_path) if grid_path else Path(self.log_dir) / "explore.png"
             ds = datamodule.train_set
-            fig = report.sample_grid(ds.x, ds.y, classes, samples_per_class, Path(grid_path or "explore.png"))
-            if grid_path and format == "table":
-                print(f"\nsample grid: {grid_path}")
+            fig = report.sample_grid(ds.x, ds.y, classes, samples_per_class, path)
+            if format == "table":
+                print(f"\nsample grid: {path}")
             if log_grid and self.logger is not None:
                 self.logger.experiment.add_figure("explore/samples", fig)
                 self.logger.experiment.flush()
         return splits
+
+    def _run_dir(self, ckpt_path: str | None) -> Path:
+        """This run's folder, or without a logger the run folder of ``ckpt_path`` (never the working directory)."""
+        if self.logger is not None:
+            return Path(self.log_dir)
+        ckpt = Path(ckpt_path).resolve()
+        return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
     def predict(
         self,
@@ -169,7 +178,8 @@ class CifarTrainer(Trainer):
             ckpt_path: the trained checkpoint; it holds the weights, the class names and the normalization
                 statistics, so the training data need not be on disk.
             output: the CSV to write (``id,label``; ``id`` is the file-name stem, or the index in the test
-                split). Default: ``predictions.csv`` in the run directory, or here without a logger.
+                split). Default: ``predictions.csv`` in the run directory, or without a logger in the folder of
+                the checkpoint's run.
             probabilities: add a ``prob_<class>`` column per class.
         """
         from cifarlit.predict import write_csv
@@ -189,7 +199,7 @@ class CifarTrainer(Trainer):
                 f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
                 "use the checkpoint and data of the same training run."
             )
-        path = Path(output) if output else Path(self.log_dir if self.logger else ".") / "predictions.csv"
+        path = Path(output) if output else self._run_dir(ckpt_path) / "predictions.csv"
         write_csv(path, ids, probs, classes, probabilities)
         print(f"predictions for {len(ids)} images: {path}")
         return batches
