@@ -55,3 +55,20 @@ def test_the_imports_have_no_cycle():
 
     for module in GRAPH:
         visit(module)
+
+
+def test_a_copy_of_the_template_has_ci_and_pre_commit_that_run_the_makefile_checks():
+    import yaml
+
+    root = PACKAGE.parents[1]
+    workflow = yaml.safe_load((root / ".github" / "workflows" / "ci.yml").read_text())
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert {"push", "pull_request"} <= set(triggers)
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    runs = [step.get("run", "") for step in steps]
+    assert any(r.startswith("make lint") for r in runs) and any(r.startswith("make test") for r in runs)
+    assert any(step.get("with", {}).get("cache") == "pip" for step in steps)
+    hooks = {h["id"] for repo in yaml.safe_load((root / ".pre-commit-config.yaml").read_text())["repos"]
+             for h in repo["hooks"]}  # fmt: skip
+    assert {"ruff-check", "ruff-format"} <= hooks
+    assert "make lint" in (root / ".ci" / "run").read_text()
