@@ -10,9 +10,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is a folder of scripts, not installed
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from benchmarks import augment_cost, common, data_throughput, loop_overhead, startup, step_overhead  # noqa: E402
+from benchmarks import (  # noqa: E402
+    augment_cost,
+    common,
+    data_throughput,
+    loop_overhead,
+    startup,
+    step_overhead,
+    tricks,
+)  # fmt: skip
 
 SUITES = {
+    "tricks": tricks.run,
     "step_overhead": step_overhead.run,
     "loop_overhead": loop_overhead.run,
     "augment_cost": augment_cost.run,

@@ -163,3 +163,15 @@ def test_synthetic_data_has_cifars_layout(tmp_path):
 
     raw = sources.load(root)
     assert raw.train_x.shape == (50, 32, 32, 3) and raw.test_x.shape == (10, 32, 32, 3)
+
+
+def test_every_trick_is_timed_against_the_plain_way_with_a_verdict():
+    from benchmarks import tricks
+
+    rows = tricks.run()
+    assert len(rows) == 10 and all(r["benchmark"].startswith("trick: ") for r in rows)
+    for row in rows:
+        fast, slow = (float(v) for v in row["detail"].split(" ", 3)[0:3:2])
+        assert row["ratio (plain/trick time)"] == pytest.approx(slow / fast, rel=0.02)  # from the printed figures
+        noise = float(row["detail"].rsplit("noise ", 1)[1].rstrip("%")) / 100
+        assert row["verdict"] == ("keep" if slow / fast - 1 > noise else "no measurable gain: remove")

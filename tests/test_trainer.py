@@ -79,3 +79,32 @@ def test_float32_matmul_precision_comes_from_the_config(tmp_path):
         assert torch.get_float32_matmul_precision() == "high"  # the default: the same results as highest on a CPU
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("lr", [1e-3, 1e6])  # 1e6: the loss turns NaN and the fit stops with an error
+def test_a_cpu_fit_skips_lightnings_nvml_cuda_check_and_restores_it(pickle_root, tmp_path, lr):
+    import os
+    from functools import partial
+
+    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.errors import CifarlitError
+    from cifarlit.model import LitMLP
+
+    seen = []
+
+    class Probe(Callback):
+        def on_before_optimizer_step(self, *args):
+            seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # set by `import lightning`
+    trainer = CifarTrainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, callbacks=[Probe()], default_root_dir=tmp_path)  # fmt: skip
+    model = LitMLP(optimizer=partial(torch.optim.SGD, lr=lr))
+    dm = CIFAR10DataModule(str(pickle_root), download=False, batch_size=64)
+    if lr > 1:
+        with pytest.raises(CifarlitError, match="training loss became"):
+            trainer.fit(model, dm)
+    else:
+        trainer.fit(model, dm)
+    assert seen and set(seen) == {None}  # Adam's per-step CUDA check stays off NVML on the CPU
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # back after the fit, error or not

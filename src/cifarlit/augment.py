@@ -8,9 +8,9 @@ Two presets, each in both backends:
 - ``flip``: horizontal flip only: the one change that keeps every pixel where an MLP expects it.
 
 The ``batched`` backend draws per-image random parameters and applies crop, resize and flip as one
-``affine_grid`` + ``grid_sample`` call on the whole batch: on 2 CPU cores a per-sample pipeline costs
-200-300 us per image, 5-10x the MLP's own compute, while this costs a few microseconds per image.
-The ``albumentations`` backend runs per sample inside DataLoader workers, for users who want its catalogue.
+``grid_sample`` call on the whole batch, on the training device: a per-sample pipeline costs several times an MLP's
+own compute per image (benchmarks/README.md, augment_cost). The ``albumentations`` backend runs per sample inside
+DataLoader workers, for users who want its catalogue.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class BatchAugment(nn.Module):
         if self.cfg.preset == "none":
             return x
         b, _, h, w = x.shape
-        # Every random number of the batch in one draw (each small op costs ~10 us on 2 CPU cores): per image,
-        # flip, y offset, x offset, the colour choice and three RGB shifts.
+        # Every random number of the batch in one draw, since a small op costs mostly its fixed overhead
+        # (benchmarks/tricks.py): per image, flip, y offset, x offset, the colour choice and three RGB shifts.
         r = torch.rand(b, 7, device=x.device, generator=generator)
         if self.cfg.preset == "flip":  # no resampling needed: mirror the chosen half
             return select_apply(x, r[:, 0] < 0.5, lambda im: im.flip(-1))
@@ -83,7 +83,7 @@ class BatchAugment(nn.Module):
             sx, sy = flip, 1.0
             mode = "nearest"
         # The map is separable (scale + shift per axis), so the sampling grid is built from two small
-        # (B, W) and (B, H) coordinate rows: F.affine_grid's batched matmul cost 0.8 ms per 64 images here.
+        # (B, W) and (B, H) coordinate rows rather than by F.affine_grid's batched matmul (benchmarks/tricks.py).
         base_x = torch.linspace(1 / w - 1, 1 - 1 / w, w, device=x.device, dtype=x.dtype)  # pixel centres
         base_y = torch.linspace(1 / h - 1, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
         gx = torch.addcmul(tx[:, None], sx[:, None], base_x)[:, None, :].expand(b, h, w)
@@ -114,7 +114,7 @@ def select_apply(
     """``fn(images, *params)`` on the images where the ``(B,)`` mask ``chosen`` is true; the others unchanged.
 
     On the CPU (``by_index``) only the chosen images are gathered and written back (``index_select`` /
-    ``index_copy_``): whole-batch selects and broadcasts were several times slower on 2 cores. On a GPU the
+    ``index_copy_``), which is cheaper there than whole-batch selects (benchmarks/tricks.py). On a GPU the
     whole batch goes through ``torch.where`` instead, since finding the chosen indices (``nonzero``) would make
     the host wait for the GPU at every step. Both give the same images. ``x`` may be modified in place.
     """

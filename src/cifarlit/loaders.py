@@ -1,9 +1,8 @@
 """Serving in-memory uint8 images a whole batch at a time.
 
 A batch is one ``index_select`` on the image tensor, picked by a tensor of indices: no ``__getitem__`` per
-image, no collate, no Python list of ints. Measured on this project's 2-core CPU, for 512 CIFAR images:
-``x[idx]`` (advanced indexing) 1.35 ms, ``x.index_select(0, idx)`` 0.09 ms, ``torch.as_tensor(list_of_512)``
-0.15 ms; at batch 512 the old path cost ~1.5 ms of a ~13 ms training step.
+image, no collate, no Python list of ints, and no advanced indexing (``x[idx]``), which is many times slower
+(benchmarks/tricks.py).
 """
 
 from __future__ import annotations
@@ -140,7 +139,7 @@ def whole_batch(batch):
 
 
 def worker_init(worker_id: int) -> None:
-    # One thread per worker: on 2 cores, torch threads in workers next to the main process's ran 20-35x slower.
+    # One thread per worker: each worker's own thread pool would compete with the main process's for the cores.
     torch.set_num_threads(1)
     info = torch.utils.data.get_worker_info()
     if info is not None and isinstance(info.dataset, ArrayDataset) and info.dataset.transform is not None:

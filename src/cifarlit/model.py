@@ -4,7 +4,6 @@ names another) with the optimizer and LR schedule from the config."""
 from __future__ import annotations
 
 import inspect
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,6 @@ from torchmetrics import MeanMetric
 from cifarlit.errors import CifarlitError
 from cifarlit.nets import MLP
 
-_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 STAGES = ("train", "val", "test")
 NetFactory = Callable[[int, tuple[int, int, int]], nn.Module]  # (num_classes, image_shape) -> network
 
@@ -95,9 +93,9 @@ class LitMLP(L.LightningModule):
             object.__setattr__(self, "_compiled_net", torch.compile(self.net))
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         # Each step only appends its (loss, correct, count) to a list, on the device; the epoch's end sums them
-        # into torchmetrics objects, which Lightning computes, syncs across devices and logs once. Measured on
-        # this project's 2-core CPU: per-step self.log ~1.5 ms; per-step torchmetrics updates 0.26 ms (5% of a
-        # batch-64 step); this ~15 us. Nothing is read back to the host before the epoch ends.
+        # into torchmetrics objects, which Lightning computes, syncs across devices and logs once. A per-step
+        # self.log or metric update costs far more than the append (benchmarks/tricks.py), and nothing is read
+        # back to the host before the epoch ends.
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric(nan_strategy="disable") for stage in STAGES for name in ("loss", "acc")}
         )
@@ -210,19 +208,6 @@ class LitMLP(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self(batch[0]).softmax(-1)
 
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported (so that checking for CUDA cannot break a
-        # later fork). With a CUDA build of torch and no CUDA context, Adam's per-step CUDA-graph check then loads
-        # NVML on every step: 135 us here, ~3% of a batch-64 step. On the CPU there is no CUDA context to
-        # protect, so the step (forward and backward run inside it) uses torch's own 3 us check.
-        if self.device.type != "cpu" or _NVML_CHECK not in os.environ:
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        saved = os.environ.pop(_NVML_CHECK)
-        try:
-            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        finally:
-            os.environ[_NVML_CHECK] = saved
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._check_finite()  # raising here means the file is never written
         # Lightning restores weights, optimizer, scheduler, loops and callbacks; the RNG states make a resumed
@@ -269,9 +254,9 @@ class LitMLP(L.LightningModule):
 def _build_optimizer(factory, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     """The configured optimizer, with torch's fused kernel when it has one and the config does not say otherwise.
 
-    Fused is the same update rule in one kernel per tensor instead of ~10 elementwise ops: Adam's step on the
-    lecture MLP took 0.32 ms fused vs 0.99 ms default on this project's 2-core CPU (a batch-64 step is ~4 ms),
-    and it is the fastest variant on a GPU too. ``fused: false`` in ``init_args`` turns it off.
+    Fused is the same update rule in one kernel per tensor instead of ~10 elementwise ops, about twice as fast on
+    the CPU (benchmarks/tricks.py) and the fastest variant on a GPU too. ``fused: false`` in ``init_args`` turns
+    it off.
     """
     cls = _target_class(factory)
     given = getattr(factory, "keywords", {})

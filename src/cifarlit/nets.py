@@ -94,7 +94,7 @@ class SmallCNN(nn.Module):
     """A few ``(conv3x3-BN-ReLU) x convs_per_stage -> 2x2 max-pool`` stages, global max-pool, linear head.
 
     With the default widths [32, 64, 128] a 32x32 image becomes 4x4x128 before pooling; about 10 M
-    multiply-adds per image, ~45 s per 45,000-image epoch on 2 CPU cores with channels_last.
+    multiply-adds per image (the README has its epoch times).
 
     Args:
         num_classes: output classes.
@@ -127,7 +127,7 @@ class SmallCNN(nn.Module):
             layers.append(nn.Dropout(dropout))
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, num_classes)
-        # channels_last is ~25% faster for these convs on CPU (oneDNN) and the layout tensor cores want.
+        # channels_last: faster for these convs on the CPU (oneDNN, benchmarks/tricks.py) and what tensor cores want.
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

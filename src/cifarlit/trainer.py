@@ -18,6 +18,7 @@ The device policy is what a user should not have to know:
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,7 @@ from cifarlit.errors import CifarlitError
 from cifarlit.model import LitMLP
 
 _NO_CONTEXT = contextlib.nullcontext()
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 # The callback hooks Lightning calls at every batch.
 PER_BATCH_HOOKS = tuple(
     f"on_{stage}_batch_{when}" for stage in ("train", "validation", "test", "predict") for when in ("start", "end")
@@ -61,6 +63,24 @@ def skip_unused_hooks(callbacks: list[Callback]) -> None:
         for hook in PER_BATCH_HOOKS:
             if getattr(type(callback), hook, None) is getattr(Callback, hook):
                 setattr(callback, hook, None)
+
+
+@contextlib.contextmanager
+def _without_nvml_cuda_check(device: torch.device):
+    """On the CPU, fit without the NVML-based CUDA check that importing Lightning switches on.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so that asking whether CUDA is there cannot break a later
+    fork. With it, every optimizer step (Adam asks, to guard CUDA-graph capture) loads NVML, which on a machine
+    without a GPU driver fails every time and costs about as much as the fused step itself (benchmarks/tricks.py).
+    A CPU run has no CUDA context to protect. Switched off once for the fit, not per step: the environment is
+    process-wide, and changing it while other threads run is unsafe.
+    """
+    saved = os.environ.pop(_NVML_CHECK, None) if device.type == "cpu" else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[_NVML_CHECK] = saved
 
 
 class CifarTrainer(Trainer):
@@ -100,7 +120,8 @@ class CifarTrainer(Trainer):
 
     def fit(self, *args, **kwargs) -> None:
         self._skip_unused_hooks()  # here, not in __init__: the CLI adds callbacks after building the Trainer
-        return super().fit(*args, **kwargs)
+        with _without_nvml_cuda_check(self.strategy.root_device):
+            return super().fit(*args, **kwargs)
 
     def validate(self, *args, **kwargs):
         self._skip_unused_hooks()
