@@ -72,3 +72,15 @@ def test_a_copy_of_the_template_has_ci_and_pre_commit_that_run_the_makefile_chec
              for h in repo["hooks"]}  # fmt: skip
     assert {"ruff-check", "ruff-format"} <= hooks
     assert "make lint" in (root / ".ci" / "run").read_text()
+
+
+def test_the_readme_points_at_tests_that_exist():
+    import re
+
+    root = PACKAGE.parents[1]
+    named = re.findall(r"(tests/\w+\.py)::(\w+)", (root / "README.md").read_text())
+    assert len(named) >= 5
+    for path, test in named:
+        assert f"def {test}(" in (root / path).read_text(), f"README names {path}::{test}, which is not there"
+    listed = set(re.findall(r"`(\w+)\.py`", (root / "README.md").read_text().split("## How the code is laid out")[1]))
+    assert {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"} <= listed  # every module described
