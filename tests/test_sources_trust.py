@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cifarlit import sources
 from cifarlit.data import CIFAR10DataModule
@@ -228,7 +229,7 @@ def test_a_cache_built_while_skipping_does_not_skip_without_the_option(fresh_fol
     damage(fresh_folder, *THREE_DAMAGED)
     skipped = sources.load(fresh_folder, skip_unreadable=True)
     assert (fresh_folder / sources.CACHE_NAME).is_file()
-    monkeypatch.setattr(sources, "_decode", lambda path: pytest.fail("decoded although the cache is fresh"))
+    monkeypatch.setattr(sources, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
     with pytest.raises(DataError, match=r"cannot read 3 image files in .*data.skip_unreadable=true"):
         sources.load(fresh_folder)
     caplog.clear()
@@ -242,14 +243,21 @@ def test_unreadable_images_to_predict_are_named_or_left_out(tmp_path, caplog):
     truth = write_unlabelled_folder(tmp_path / "new")
     broken = damage(tmp_path / "new", "img01.png", "img04.jpg", "img07.png")
     assert {Path(name).stem for name in broken} <= set(truth)
-    dm = CIFAR10DataModule(predict_dir=str(tmp_path / "new"))
-    with pytest.raises(DataError) as err:
+    trained = {"mean": torch.zeros(3), "std": torch.ones(3), "classes": ["cat", "dog", "fish"]}  # a checkpoint's
+
+    def predict_loader(**options):
+        dm = CIFAR10DataModule(predict_dir=str(tmp_path / "new"), **options)
         dm.setup("predict")
+        dm.load_state_dict(trained)  # what Lightning restores before it asks for the loader
+        dm.predict_dataloader()
+        return dm
+
+    with pytest.raises(DataError) as err:
+        predict_loader()
     message = str(err.value)
     assert message.startswith(f"cannot read 3 image files in data.predict_dir='{tmp_path / 'new'}': img01.png")
     assert "data.skip_unreadable=true" in message
-    dm = CIFAR10DataModule(predict_dir=str(tmp_path / "new"), skip_unreadable=True)
-    dm.setup("predict")
+    dm = predict_loader(skip_unreadable=True)
     assert dm.predict_ids == sorted(set(truth) - {"img01", "img04", "img07"})
     assert len(dm.predict_set) == len(truth) - 3
     assert "data.skip_unreadable: left out 3 image files" in caplog.text
@@ -270,6 +278,7 @@ CACHE_WRITE_KILLED = """
 import io, os, signal, sys
 from pathlib import Path
 import numpy as np
+import torch
 from cifarlit import sources
 
 write_whole = np.savez
@@ -291,8 +300,8 @@ def test_a_cache_write_killed_half_way_is_neither_read_nor_in_the_way(fresh_fold
     (partial,) = fresh_folder.glob(f"{sources.CACHE_NAME}.*.tmp")
     assert partial.stat().st_size > 0 and not (fresh_folder / sources.CACHE_NAME).exists()
     decoded = []
-    decode = sources._decode
-    monkeypatch.setattr(sources, "_decode", lambda path: decoded.append(path) or decode(path))
+    decode = sources.decode
+    monkeypatch.setattr(sources, "decode", lambda path, *args: decoded.append(path) or decode(path, *args))
     raw = sources.load(fresh_folder)
     assert len(decoded) == 160  # decoded again: the half-written file was not taken for a cache
     expected = sources.load(folder_root)
@@ -360,18 +369,19 @@ LOAD_TOGETHER = """
 import sys, time
 from pathlib import Path
 import numpy as np
+import torch
 from cifarlit import sources
 
 root, out, me, other = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 decoded = []
-decode = sources._decode
+decode = sources.decode
 
-def slow_decode(path):
+def slow_decode(path, *args):
     decoded.append(path)
     time.sleep(0.01)  # the other run starts loading while this one decodes
-    return decode(path)
+    return decode(path, *args)
 
-sources._decode = slow_decode
+sources.decode = slow_decode
 (out / f"ready-{me}").touch()
 while not (out / f"ready-{other}").exists():  # both load at the same moment
     time.sleep(0.005)

@@ -33,18 +33,25 @@ class AugmentConfig:
     """Augmentation of the training split (val and test are never augmented).
 
     Args:
-        preset: ``none``, ``course`` (crop 24 -> resize 32 -> flip -> gray / RGB shift), ``crop_flip``
-            (pad 4 + random crop 32 + flip) or ``flip`` (horizontal flip only).
+        preset: ``none``, ``course`` (crop 3/4 -> resize back -> flip -> gray / RGB shift), ``crop_flip``
+            (pad 4 + random crop of the image size + flip) or ``flip`` (horizontal flip only). The colour
+            changes of ``course`` apply to RGB images only.
         backend: ``batched`` (tensor ops on the training device, the fast default) or ``albumentations``
             (per sample, in DataLoader workers).
         pad: padding in pixels for ``crop_flip``.
-        crop: crop size in pixels for ``course``, resized back to the image size.
+        crop: the crop of ``course``, resized back to the image size: a fraction of the side (0.75: 24 of 32
+            pixels) or, as a whole number, pixels.
     """
 
     preset: Preset = "none"
     backend: Literal["batched", "albumentations"] = "batched"
     pad: int = 4
-    crop: int = 24
+    crop: int | float = 0.75
+
+    def crop_pixels(self, size: int) -> int:
+        """The side of the ``course`` crop for images of ``size`` pixels."""
+        pixels = round(self.crop * size) if isinstance(self.crop, float) and self.crop <= 1 else int(self.crop)
+        return max(1, min(pixels, size))
 
 
 class BatchAugment(nn.Module):
@@ -70,7 +77,7 @@ class BatchAugment(nn.Module):
         if self.cfg.preset == "course":
             # Crop `crop` pixels at an integer offset, stretched back to (h, w): scale crop/size, shift to the
             # crop's centre, both in grid_sample's [-1, 1] coordinates (align_corners=False = OpenCV's resize).
-            ch, cw = min(self.cfg.crop, h), min(self.cfg.crop, w)
+            ch, cw = self.cfg.crop_pixels(h), self.cfg.crop_pixels(w)
             oy = torch.floor(r[:, 1] * (h - ch + 1))
             ox = torch.floor(r[:, 2] * (w - cw + 1))
             sx, sy = flip * (cw / w), ch / h
@@ -89,7 +96,7 @@ class BatchAugment(nn.Module):
         gx = torch.addcmul(tx[:, None], sx[:, None], base_x)[:, None, :].expand(b, h, w)
         gy = (ty[:, None] + sy * base_y)[:, :, None].expand(b, h, w)
         x = F.grid_sample(x, torch.stack((gx, gy), -1), mode=mode, padding_mode="zeros", align_corners=False)
-        if self.cfg.preset == "course":
+        if self.cfg.preset == "course" and x.shape[1] == 3:  # the colour changes are for RGB images
             x = _gray_or_shift(x, r[:, 3], (r[:, 4:7] * 2 - 1).mul_(RGB_SHIFT).view(b, 3, 1, 1))
         return x
 
@@ -128,8 +135,8 @@ def select_apply(
     return x
 
 
-def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None = None):
-    """The same presets as an albumentations ``Compose`` working on one ``(H, W, 3)`` uint8 image."""
+def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None = None, channels: int = 3):
+    """The same presets as an albumentations ``Compose`` working on one ``(size, size, channels)`` uint8 image."""
     import os
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home for a version check
@@ -137,12 +144,10 @@ def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None
     import cv2
 
     if cfg.preset == "course":
-        transforms = [
-            A.RandomCrop(cfg.crop, cfg.crop),
-            A.Resize(size, size),
-            A.HorizontalFlip(),
-            A.OneOf([A.ToGray(p=0.2), A.RGBShift(p=0.3)]),
-        ]
+        crop = cfg.crop_pixels(size)
+        transforms = [A.RandomCrop(crop, crop), A.Resize(size, size), A.HorizontalFlip()]
+        if channels == 3:
+            transforms.append(A.OneOf([A.ToGray(p=0.2), A.RGBShift(p=0.3)]))
     elif cfg.preset == "crop_flip":
         transforms = [
             A.PadIfNeeded(size + 2 * cfg.pad, size + 2 * cfg.pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
@@ -157,15 +162,15 @@ def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None
 
 
 class AlbumentationsBatch:
-    """Apply an albumentations pipeline image by image to a uint8 batch ``(B, 3, H, W)``."""
+    """Apply an albumentations pipeline image by image to a uint8 batch ``(B, C, H, W)``."""
 
-    def __init__(self, cfg: AugmentConfig, seed: int) -> None:
-        self.pipeline = albumentations_pipeline(cfg, seed=seed)
+    def __init__(self, cfg: AugmentConfig, seed: int, shape: tuple[int, int, int] = (3, 32, 32)) -> None:
+        self.pipeline = albumentations_pipeline(cfg, size=shape[1], seed=seed, channels=shape[0])
 
     def reseed(self, seed: int) -> None:
         self.pipeline.set_random_seed(seed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        images = x.permute(0, 2, 3, 1).numpy()  # (B, 3, H, W) -> (B, H, W, 3), what OpenCV expects
+        images = x.permute(0, 2, 3, 1).numpy()  # (B, C, H, W) -> (B, H, W, C), what OpenCV expects
         out = np.stack([self.pipeline(image=np.ascontiguousarray(im))["image"] for im in images])
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(out.reshape(images.shape)).permute(0, 3, 1, 2).contiguous()

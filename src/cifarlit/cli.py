@@ -28,6 +28,7 @@ class CifarCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -49,7 +50,9 @@ class CifarCLI(LightningCLI):
             )
         # Refused here, in one sentence, before LightningCLI reads the file for its hyperparameters.
         if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
-            checkpoints.load_checkpoint(Path(ckpt))
+            state = checkpoints.load_checkpoint(Path(ckpt))
+            if subcommand != "predict":  # predict reads new images at the trained size whatever the options say
+                check_image_shape(state, config.data, ckpt)
         if "weights_only" in config:  # what Lightning's own reads use: tensors and plain values, never code
             if config.weights_only is False:
                 raise CifarlitError(
@@ -98,6 +101,17 @@ def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI
         trainer_defaults={"callbacks": callbacks} if callbacks else None,  # added to the config's callbacks
         args=args,
     )
+
+
+def check_image_shape(state: dict, data, ckpt: str) -> None:
+    """Refuse to test or resume a checkpoint on images of another shape than it was trained on."""
+    trained = (state.get(CIFAR10DataModule.__qualname__) or {}).get("image_shape")
+    wanted = [data.get("channels", 3), data.get("image_size", 32), data.get("image_size", 32)]
+    if trained is not None and list(trained) != wanted:
+        raise CifarlitError(
+            f"--ckpt_path {ckpt} was trained on images of shape {list(trained)} (channels, height, width), but "
+            f"data.image_size/data.channels give {wanted}: set them as in training."
+        )
 
 
 def run_fit(args: list[str], extra_callbacks: list | None = None) -> CifarCLI:

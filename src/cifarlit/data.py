@@ -113,7 +113,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         test_size: fraction or number of training images held out as the test split, stratified; used only
             by an image folder without ``test/``.
         predict_dir: a folder of unlabelled images (any size or mode, read flat) for ``cifarlit predict``;
-            ``null`` predicts the test split.
+            ``null`` predicts the test split. They are read at the size the checkpoint's model was trained at.
+        image_size: the side of the square images the network sees. Images of an image folder are converted to
+            ``channels``, their shorter side resized to this and the middle cut out (nothing is stretched);
+            CIFAR-10's 32x32 batches are resized (with antialiasing) when this is not 32. The networks get the
+            shape from here (``model.image_shape`` is linked to it).
+        channels: 3 (RGB) or 1 (gray).
     """
 
     def __init__(
@@ -136,6 +141,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         keep_classes: list[str] | None = None,
         test_size: int | float = 0.2,
         predict_dir: str | None = None,
+        image_size: int = 32,
+        channels: Literal[1, 3] = 3,
     ) -> None:
         super().__init__()
         self.augment = augment or AugmentConfig()
@@ -149,6 +156,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         for option, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise DataError(f"data.{option}={value} is not valid: use a positive number of images per batch.")
+        if image_size < 8:
+            raise DataError(
+                f"data.image_size={image_size} is not valid: use 8 or more pixels (the default networks halve the "
+                "size three times)."
+            )
         if on_device is True and num_workers > 0:
             raise DataError(
                 f"data.on_device=true needs data.num_workers=0 (got {num_workers}): workers cannot index GPU memory; "
@@ -168,6 +180,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.std: torch.Tensor | None = None
         self.split_fingerprint = ""
         self._classes: tuple[str, ...] | None = None  # the checkpoint's, once one is loaded
+        self._trained_shape: tuple[int, int, int] | None = None  # likewise
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -187,6 +200,14 @@ class CIFAR10DataModule(L.LightningDataModule):
         return tuple(keep)
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the images the network sees: the loaded checkpoint's, else the options'
+        (LightningCLI links it into ``model.image_shape``)."""
+        if self._trained_shape is not None:
+            return self._trained_shape
+        return (self.hparams.channels, self.hparams.image_size, self.hparams.image_size)
+
+    @property
     def num_classes(self) -> int:
         """Number of classes, known before any image is decoded (LightningCLI links it into the model)."""
         return len(self.classes)
@@ -204,12 +225,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         self._raw = self._load()  # decodes and caches image folders
 
     def _load(self) -> sources.RawData:
-        return sources.load(self.data_dir, cache=self.hparams.cache, skip_unreadable=self.hparams.skip_unreadable)
+        channels, size, _ = self.image_shape
+        return sources.load(self.data_dir, self.hparams.cache, self.hparams.skip_unreadable, size, channels)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.hparams.predict_dir is not None:
-            self._setup_predict_folder()
-            return
+            return  # read in predict_dataloader, once the checkpoint has said at which size
         if hasattr(self, "train_set"):
             return
         # Rank 0 already loaded in prepare_data; other ranks (and direct setup() calls) read the cache.
@@ -246,7 +267,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.split_fingerprint = split_fingerprint(train_idx, val_idx, raw.fingerprint, test_idx)
         transform = None
         if self.augment_on_host:
-            transform = AlbumentationsBatch(self.augment, seed=seed)
+            transform = AlbumentationsBatch(self.augment, seed=seed, shape=self.image_shape)
         pick = lambda t, idx: t.index_select(0, torch.from_numpy(idx))  # noqa: E731 -- not t[idx]: benchmarks/tricks.py
         self.train_set = ArrayDataset(pick(x, train_idx), pick(y, train_idx), transform)
         self.val_set = ArrayDataset(pick(x, val_idx), pick(y, val_idx))
@@ -291,8 +312,9 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _setup_predict_folder(self) -> None:
         folder = Path(self.hparams.predict_dir).expanduser()
-        x, self.predict_ids = sources.load_unlabelled_folder(folder, self.hparams.skip_unreadable)
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+        channels, size, _ = self.image_shape
+        x, self.predict_ids = sources.load_unlabelled_folder(folder, self.hparams.skip_unreadable, size, channels)
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
         self.predict_set = ArrayDataset(x, torch.arange(len(x)))  # no labels: positions stand in for them
         rank_zero_info(f"predict: {len(x)} images from {self.hparams.predict_dir}")
 
@@ -333,6 +355,8 @@ class CIFAR10DataModule(L.LightningDataModule):
                 "predicting data.predict_dir needs a trained model's normalization statistics: pass "
                 "--ckpt_path with a checkpoint written by `cifarlit fit`."
             )
+        if not hasattr(self, "predict_set"):
+            self._setup_predict_folder()
         return self._loader(self.predict_set, False, self.hparams.eval_batch_size)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
@@ -375,10 +399,19 @@ class CIFAR10DataModule(L.LightningDataModule):
             "std": self.std,
             "split_fingerprint": self.split_fingerprint,
             "classes": list(self.classes),
+            "image_shape": list(self.image_shape),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.mean, self.std = state_dict["mean"], state_dict["std"]
+        if "image_shape" in state_dict:  # checkpoints from before the size was an option are 3x32x32
+            shape = tuple(state_dict["image_shape"])
+            if hasattr(self, "train_set") and shape != self.image_shape:
+                raise DataError(
+                    f"the checkpoint was trained on images of shape {list(shape)} (channels, height, width), but "
+                    f"data.image_size/data.channels give {list(self.image_shape)}: set them as in training."
+                )
+            self._trained_shape = shape
         if "classes" not in state_dict:  # checkpoints from before class names were stored
             return
         classes = tuple(state_dict["classes"])

@@ -1,9 +1,10 @@
 """Where the pixels come from: CIFAR-10's pickle batches or an image folder, decoded once to uint8 arrays.
 
-Both sources give the same thing, a :class:`RawData` of ``(N, 32, 32, 3)`` uint8 images with int64 labels for
-the official train and test sets. Image folders are slow to decode (about 13 s for CIFAR-10's 60,000 JPEGs on
-2 cores), so the decoded arrays are cached in one ``.npz`` file next to the folder, keyed by a fingerprint of
-the file names, sizes and modification times: a changed folder or a damaged cache is rebuilt, never used.
+Both sources give the same thing, a :class:`RawData` of ``(N, size, size, channels)`` uint8 images (32x32 RGB
+unless the data options say otherwise) with int64 labels for the official train and test sets. Image folders are
+slow to decode (tens of seconds for CIFAR-10's 60,000 JPEGs on 2 cores, with a progress bar), so the decoded
+arrays are cached in one ``.npz`` file next to the folder, keyed by a fingerprint of the file names, sizes and
+modification times and the image size: a changed folder or a damaged cache is rebuilt, never used.
 
 Nothing read from disk is trusted: the pickle batches are read by an unpickler that can only rebuild numpy
 arrays, every unreadable image is reported in one error, the archive and the cache are written under temporary
@@ -19,10 +20,11 @@ import shutil
 import socket
 import tarfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,8 @@ CACHE_NAME = ".cifarlit-cache.npz"
 LOCK_NAME = ".cifarlit-cache.lock"  # held while a run checks, decodes and writes the cache
 EXTRACT_PREFIX = ".cifarlit-extract-"  # + host-pid: the archive is unpacked here, then moved into place
 CACHE_VERSION = 1
-IMAGE_SIZE = 32
+CIFAR_SIZE = 32  # CIFAR-10's images are 32x32 RGB; other sizes and channel counts are the data options'
+PROGRESS_FROM = 1000  # files: a decode of fewer ends before a progress bar would help
 SHOWN_UNREADABLE = 5  # files named in the message about unreadable images; the count covers the rest
 
 REDO_PICKLES = f"delete the '{PICKLE_DIR}' folder so it is extracted or downloaded again"
@@ -58,7 +61,7 @@ class DataError(CifarlitError):
 
 @dataclass
 class RawData:
-    """The official train and test sets as uint8 ``(N, H, W, 3)`` images and int64 labels."""
+    """The official train and test sets as uint8 ``(N, H, W, C)`` images and int64 labels."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -221,16 +224,18 @@ def _remove_leftovers(root: Path) -> None:
                 Path(entry.path).unlink(missing_ok=True)
 
 
-def load(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
-    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 arrays.
+def load(
+    root: Path, cache: bool = True, skip_unreadable: bool = False, size: int = CIFAR_SIZE, channels: int = 3
+) -> RawData:
+    """Decode the dataset in ``root`` (pickle batches or image folder) into uint8 ``(N, size, size, channels)``.
 
     ``skip_unreadable`` leaves an image folder's damaged files out instead of refusing the folder.
     """
     fmt = detect_format(root)
     if fmt == "pickle":
-        return load_pickle_batches(root / PICKLE_DIR)
+        return resize_raw(load_pickle_batches(root / PICKLE_DIR), size, channels)
     if fmt == "folder":
-        return load_image_folder(root, cache=cache, skip_unreadable=skip_unreadable)
+        return load_image_folder(root, cache=cache, skip_unreadable=skip_unreadable, size=size, channels=channels)
     raise DataError(f"data.data_dir={str(root)!r} holds no dataset: {HOW_TO_GET_DATA}.")
 
 
@@ -348,34 +353,68 @@ def _list_split(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[str, in
     return items
 
 
-def _decode(path: str) -> np.ndarray:
-    """One image file as RGB 32x32 uint8; PIL's exception when it cannot be read."""
-    from PIL import Image
+def decode(path: str, size: int = CIFAR_SIZE, channels: int = 3) -> np.ndarray:
+    """One image file as uint8 ``(size, size, channels)``: converted to RGB (or gray), its shorter side resized to
+    ``size`` and the middle cut out (PIL's ``ImageOps.fit``), so nothing is stretched; PIL's exception when it
+    cannot be read."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        im = im.convert("RGB" if channels == 3 else "L")
+        if im.size != (size, size):
+            im = ImageOps.fit(im, (size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
 
 
-def _try_decode(path: str) -> np.ndarray | str:
+def _try_decode(path: str, size: int, channels: int) -> np.ndarray | str:
     """The image, or the name of the exception that says why it cannot be read."""
     try:
-        return _decode(path)
+        return decode(path, size, channels)
     except Exception as err:  # PIL raises several types for damaged files
         return err.__class__.__name__
 
 
-def _decode_all(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Decode every file, so one run finds all damaged ones: ``(N, 32, 32, 3)`` images of those that decode,
-    their positions in ``paths``, and ``(position, why)`` of the others."""
+def _decode_all(paths: list[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Decode every file, so one run finds all damaged ones: ``(N, size, size, channels)`` images of those that
+    decode, their positions in ``paths``, and ``(position, why)`` of the others."""
+    decode_one = partial(_try_decode, size=size, channels=channels)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        results = list(pool.map(_try_decode, paths, chunksize=256))
+        results = list(progress(pool.map(decode_one, paths, chunksize=64), len(paths), "decoding images"))
     kept = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
     failed = [(i, r) for i, r in enumerate(results) if not isinstance(r, np.ndarray)]
-    x = np.stack([results[i] for i in kept]) if kept else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    x = np.stack([results[i] for i in kept]) if kept else np.zeros((0, size, size, channels), np.uint8)
     return x, np.array(kept, dtype=np.int64), failed
+
+
+def progress(items: Iterable, total: int, what: str) -> Iterable:
+    """``items`` with a progress bar (counts, rate, time left) on stderr, for long one-time work only: shown by
+    the first process of a run (rank 0) when ``total`` is large enough to take a while."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from tqdm import tqdm
+
+    if total < PROGRESS_FROM or rank_zero_only.rank != 0:
+        return items
+    return tqdm(items, total=total, desc=what, unit=" files", mininterval=1.0, leave=False)
+
+
+def resize_raw(raw: RawData, size: int, channels: int) -> RawData:
+    """``raw``'s images at ``size`` x ``size`` and ``channels`` (CIFAR-10's batches are 32x32 RGB): resized with
+    antialiasing, turned gray with ITU-R 601 luma (what PIL's ``convert("L")`` uses)."""
+    if raw.train_x.shape[1:] == (size, size, channels):
+        return raw
+    import torch
+    import torch.nn.functional as F
+
+    def convert(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float()  # (N, H, W, C) -> (N, C, H, W)
+        if channels == 1 and t.shape[1] == 3:
+            t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if t.shape[-1] != size:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+    return RawData(convert(raw.train_x), raw.train_y, convert(raw.test_x), raw.test_y, raw.classes,
+                   f"{raw.fingerprint}-{channels}x{size}")  # fmt: skip
 
 
 def _report_unreadable(unreadable: list[tuple[str, str]], where: str, skip: bool) -> None:
@@ -401,8 +440,11 @@ def _fingerprint(entries: list[tuple]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = False) -> RawData:
-    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to RGB 32x32, cached next to the folder.
+def load_image_folder(
+    root: Path, cache: bool = True, skip_unreadable: bool = False, size: int = CIFAR_SIZE, channels: int = 3
+) -> RawData:
+    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*`` to ``(size, size, channels)`` uint8 images (see
+    :func:`decode`), cached next to the folder; the cache holds one size: another size decodes again.
 
     ``root/test`` is optional: without it the test arrays are empty and the DataModule carves a test split.
     Unreadable files are a DataError naming them, or with ``skip_unreadable`` are left out (and the cache
@@ -420,13 +462,13 @@ def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = Fa
         splits["test"] = _list_split(root / "test", classes)
     rel = len(str(root)) + 1  # the fingerprint must not change when the folder is moved
     listing = [(path[rel:], size, mtime) for items in splits.values() for path, _, size, mtime in items]
-    fingerprint = _fingerprint([classes, *listing])
+    fingerprint = _fingerprint([classes, (size, channels), *listing])
 
     cache_file = root / CACHE_NAME
     with _cache_lock(root) if cache else nullcontext():  # runs started together decode once; the others wait
         found = _read_cache(cache_file, fingerprint) if cache else None  # checked under the lock: maybe just written
         if found is None:
-            found = _decode_folder(splits, classes, fingerprint, rel)
+            found = _decode_folder(splits, classes, fingerprint, rel, size, channels)
             if cache and (skip_unreadable or not found[1]):  # a refused folder is left as it was
                 _write_cache(cache_file, *found)
     data, unreadable = found
@@ -435,24 +477,27 @@ def load_image_folder(root: Path, cache: bool = True, skip_unreadable: bool = Fa
 
 
 def _decode_folder(
-    splits: dict[str, list[tuple[str, int, int, int]]], classes: tuple[str, ...], fingerprint: str, rel: int
-) -> tuple[RawData, list[tuple[str, str]]]:
+    splits: dict[str, list[tuple[str, int, int, int]]], classes: tuple[str, ...], fingerprint: str, rel: int,
+    size: int, channels: int,
+) -> tuple[RawData, list[tuple[str, str]]]:  # fmt: skip
     """The images of every split that decode, and ``(path relative to the folder, why)`` of those that do not."""
     arrays, unreadable = {}, []
     for split, items in splits.items():
-        x, kept, failed = _decode_all([item[0] for item in items])
+        x, kept, failed = _decode_all([item[0] for item in items], size, channels)
         labels = np.array([item[1] for item in items], dtype=np.int64)
         arrays[split] = (x, labels[kept])  # the labels of the images that decoded, in the same order
         unreadable += [(items[i][0][rel:], why) for i, why in failed]
-    empty = (np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros(0, np.int64))
+    empty = (np.zeros((0, size, size, channels), np.uint8), np.zeros(0, np.int64))
     test_x, test_y = arrays.get("test", empty)
     return RawData(arrays["train"][0], arrays["train"][1], test_x, test_y, classes, fingerprint), unreadable
 
 
-def load_unlabelled_folder(folder: Path, skip_unreadable: bool = False) -> tuple[np.ndarray, list[str]]:
-    """Decode the images directly in ``folder`` (not in sub-folders), sorted by name, to RGB 32x32.
+def load_unlabelled_folder(
+    folder: Path, skip_unreadable: bool = False, size: int = CIFAR_SIZE, channels: int = 3
+) -> tuple[np.ndarray, list[str]]:
+    """Decode the images directly in ``folder`` (not in sub-folders), sorted by name, as :func:`decode` does.
 
-    Returns uint8 ``(N, 32, 32, 3)`` images and their file-name stems, which become the ids of a predictions CSV.
+    Returns uint8 ``(N, size, size, channels)`` images and their file-name stems, the ids of a predictions CSV.
     Unreadable files are a DataError naming them, or with ``skip_unreadable`` are left out.
     """
     option = f"data.predict_dir={str(folder)!r}"
@@ -476,7 +521,7 @@ def load_unlabelled_folder(folder: Path, skip_unreadable: bool = False) -> tuple
                 "rename one of them."
             )
         seen[stem] = path
-    x, kept, failed = _decode_all(paths)
+    x, kept, failed = _decode_all(paths, size, channels)
     unreadable = [(Path(paths[i]).name, why) for i, why in failed]
     if skip_unreadable and not len(kept):  # leaving them out would leave nothing to predict
         raise DataError(f"{option}: none of its {len(paths)} images can be read; fix or replace them.")
