@@ -1,4 +1,5 @@
-"""`cifarlit tune`: an Optuna study over fit runs, end to end on fixture data (pruning, SQLite resume, best.yaml)."""
+"""`cifarlit tune`: an Optuna study over fit runs, end to end on fixture data (pruning, SQLite resume, best.yaml,
+journal or URL storage)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import optuna
 import pytest
 import yaml
 
+from cifarlit.tune import open_storage
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,3 +82,22 @@ def test_bad_search_space_is_a_clear_error(pickle_root, tmp_path, monkeypatch, c
     (tmp_path / "space.yaml").write_text(space)
     assert tune(tmp_path, pickle_root) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_storage_is_a_journal_file_or_a_database_url(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert open_storage(None, "t")[1] == "lightning_logs/tune_t.journal"  # the default: safe for several workers
+    assert open_storage("sqlite:///s/t.db", "t") == ("sqlite:///s/t.db", "sqlite:///s/t.db")
+    assert (tmp_path / "s").is_dir()
+    assert open_storage("postgresql://u@host/db", "t")[0] == "postgresql://u@host/db"  # passed to Optuna as it is
+
+    (tmp_path / "space.yaml").write_text("model.dropout: {type: float, low: 0.0, high: 0.5}\n")
+    assert tune(tmp_path, pickle_root, "--storage", "t.db") == 2
+    assert "--storage=t.db is not valid: give a journal file ending in .journal" in capsys.readouterr().err
+
+
+def test_a_study_in_the_former_default_sqlite_file_still_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lightning_logs").mkdir()
+    (tmp_path / "lightning_logs" / "tune_t.db").touch()
+    assert open_storage(None, "t")[1] == "sqlite:///lightning_logs/tune_t.db"

@@ -1,10 +1,13 @@
-"""``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning and a resumable SQLite store.
+"""``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning, shared by any number of workers.
 
 Every trial is an ordinary ``fit`` with the given configs plus the sampled overrides (``--key value``), logged to
 ``lightning_logs/tune_<study>/trial_<n>``. Optuna's Lightning callback reports the monitored metric after each
 validation and stops trials that fall below the median of earlier ones at the same epoch. The study lives in the
-``--storage`` database, so an interrupted search resumes where it stopped and ``optuna-dashboard <storage>``
-shows it. Trials never touch the test split (``--test_after_fit false``): the test set is for the final model.
+``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an interrupted search
+resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune`` processes, on one
+machine or on machines that share the folder, add trials to one study at once. Optuna numbers the trials in the
+storage, so every trial has its own folder whichever worker runs it. Trials never touch the test split
+(``--test_after_fit false``): the test set is for the final model.
 
 Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml``)::
 
@@ -74,6 +77,30 @@ def nested(values: dict[str, object]) -> dict:
     return tree
 
 
+def open_storage(storage: str | None, study_name: str) -> tuple[object, str]:
+    """``--storage`` as Optuna takes it, and its name: a database URL passes through, a ``*.journal`` path becomes
+    a journal storage. Without one: ``lightning_logs/tune_<study>.journal``, or the SQLite file that was the default
+    before (``tune_<study>.db``) when only that exists, so a study started then still resumes."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if storage is None:
+        journal, old = Path(f"lightning_logs/tune_{study_name}.journal"), Path(f"lightning_logs/tune_{study_name}.db")
+        storage = f"sqlite:///{old}" if old.is_file() and not journal.exists() else str(journal)
+    if "://" in storage:  # sqlite:///file.db for one worker; postgresql://... or mysql://... for many machines
+        if storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return storage, storage
+    if not storage.endswith(".journal"):
+        raise CifarlitError(
+            f"--storage={storage} is not valid: give a journal file ending in .journal or a database URL such as "
+            "sqlite:///tune.db or postgresql://user@host/db."
+        )
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    # Optuna appends each change to the file under its default lock, a symlink (atomic on local file systems and
+    # NFS), the same lock optuna-dashboard and the optuna command take on this file.
+    return JournalStorage(JournalFileBackend(storage)), storage
+
+
 def main(argv: list[str], run_fit: Callable) -> int:
     """``cifarlit tune ARGS``; ``run_fit(args, extra_callbacks)`` runs one ``cifarlit fit`` (the CLI passes its own,
     so this module does not import the command line back)."""
@@ -85,7 +112,13 @@ def main(argv: list[str], run_fit: Callable) -> int:
     parser.add_argument("--space", type=Path, required=True, help="YAML search space, see configs/tune/mlp_space.yaml")
     parser.add_argument("--n_trials", type=int, default=20, help="trials to run in this call (a resume adds more)")
     parser.add_argument("--study_name", default="cifarlit")
-    parser.add_argument("--storage", default=None, help="default: sqlite:///lightning_logs/tune_<study>.db")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where the study lives: a journal file (*.journal), safe for several workers at once, also on a "
+        "shared file system; or a database URL: sqlite:///tune.db for one worker, postgresql://... or mysql://... "
+        "for many machines. Default: lightning_logs/tune_<study>.journal",
+    )
     parser.add_argument("--metric", default="val/acc", help="validation metric to optimize")
     parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
     parser.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
@@ -99,14 +132,12 @@ def main(argv: list[str], run_fit: Callable) -> int:
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    storage = args.storage or f"sqlite:///lightning_logs/tune_{args.study_name}.db"
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    storage, where = open_storage(args.storage, args.study_name)
     study = optuna.create_study(
         study_name=args.study_name,
         storage=storage,
         direction=args.direction,
-        load_if_exists=True,  # the same command resumes an interrupted search
+        load_if_exists=True,  # the same command resumes an interrupted search, or joins the workers running it
         sampler=optuna.samplers.TPESampler(seed=args.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
     )
@@ -134,7 +165,7 @@ def main(argv: list[str], run_fit: Callable) -> int:
     states = [t.state for t in study.trials]
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned, failed = states.count(optuna.trial.TrialState.PRUNED), states.count(optuna.trial.TrialState.FAIL)
-    print(f"\nstudy {args.study_name} in {storage}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
+    print(f"\nstudy {args.study_name} in {where}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
     if not finished:
         return 1
     best = study.best_trial
