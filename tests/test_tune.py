@@ -1,5 +1,5 @@
 """`cifarlit tune`: an Optuna study over fit runs, end to end on fixture data (pruning, SQLite resume, best.yaml,
-journal or URL storage)."""
+journal or URL storage, seeds)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from cifarlit.tune import open_storage
+from cifarlit.tune import open_storage, trial_seeded_sampler
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,3 +101,17 @@ def test_a_study_in_the_former_default_sqlite_file_still_resumes(tmp_path, monke
     (tmp_path / "lightning_logs").mkdir()
     (tmp_path / "lightning_logs" / "tune_t.db").touch()
     assert open_storage(None, "t")[1] == "sqlite:///lightning_logs/tune_t.db"
+
+
+def test_workers_with_one_seed_propose_different_settings_and_each_repeats_itself():
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(study_name="s", storage=storage, sampler=trial_seeded_sampler(0))
+    second = optuna.load_study(study_name="s", storage=storage, sampler=trial_seeded_sampler(0))
+    trials = [first.ask(), second.ask(), first.ask(), second.ask()]  # two workers taking turns
+    drawn = [t.suggest_float("x", 0.0, 1.0) for t in trials]
+    assert len(set(drawn)) == 4
+
+    alone = optuna.create_study(sampler=trial_seeded_sampler(0))  # one worker, same seed: the same settings
+    assert [alone.ask().suggest_float("x", 0.0, 1.0) for _ in range(4)] == drawn
+    other_seed = optuna.create_study(sampler=trial_seeded_sampler(1))
+    assert other_seed.ask().suggest_float("x", 0.0, 1.0) != drawn[0]

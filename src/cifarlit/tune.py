@@ -101,6 +101,45 @@ def open_storage(storage: str | None, study_name: str) -> tuple[object, str]:
     return JournalStorage(JournalFileBackend(storage)), storage
 
 
+def trial_seeded_sampler(seed: int, **tpe_kwargs):
+    """Optuna's TPE sampler drawing trial ``n``'s settings from the seed ``(seed, n)``.
+
+    One seed per process would make every worker of a shared study propose the same settings (all the random
+    start-up trials are alike); Optuna numbers trials once per study, so ``(seed, n)`` differs between workers,
+    and one worker given the same seed and results still proposes the same settings."""
+    import numpy as np
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        # One TPE sampler per running trial; TPE reads the history from the study and keeps only its generator.
+        def __init__(self) -> None:
+            self.tpe: dict[int, optuna.samplers.TPESampler] = {}
+
+        def of(self, trial) -> optuna.samplers.TPESampler:
+            if trial.number not in self.tpe:
+                trial_seed = int(np.random.SeedSequence([seed, trial.number]).generate_state(1)[0])
+                self.tpe[trial.number] = optuna.samplers.TPESampler(seed=trial_seed, **tpe_kwargs)
+            return self.tpe[trial.number]
+
+        def before_trial(self, study, trial) -> None:
+            self.of(trial).before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.of(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.of(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.of(trial).after_trial(study, trial, state, values)
+            del self.tpe[trial.number]
+
+    return TrialSeededTPE()
+
+
 def main(argv: list[str], run_fit: Callable) -> int:
     """``cifarlit tune ARGS``; ``run_fit(args, extra_callbacks)`` runs one ``cifarlit fit`` (the CLI passes its own,
     so this module does not import the command line back)."""
@@ -121,7 +160,13 @@ def main(argv: list[str], run_fit: Callable) -> int:
     )
     parser.add_argument("--metric", default="val/acc", help="validation metric to optimize")
     parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
-    parser.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of Optuna's TPE sampler: trial n draws from (seed, n), "
+        "so workers sharing a study with the same seed still propose different settings",
+    )
     parser.add_argument("--warmup_epochs", type=int, default=2, help="epochs before a trial may be pruned")
     parser.add_argument("--startup_trials", type=int, default=3, help="complete trials before pruning starts")
     args, fit_args = parser.parse_known_args(argv)
@@ -138,7 +183,9 @@ def main(argv: list[str], run_fit: Callable) -> int:
         storage=storage,
         direction=args.direction,
         load_if_exists=True,  # the same command resumes an interrupted search, or joins the workers running it
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        # constant_liar (Optuna 5's default; 4.x warns it is experimental): trials still running in other workers
+        # count as bad ones, so the workers do not all close in on one spot
+        sampler=trial_seeded_sampler(args.seed, constant_liar=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
     )
 
