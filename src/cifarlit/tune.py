@@ -18,6 +18,8 @@ Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml`
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,6 +142,27 @@ def trial_seeded_sampler(seed: int, **tpe_kwargs):
     return TrialSeededTPE()
 
 
+def write_best(study, metric: str):
+    """``lightning_logs/tune_<study>/best.yaml`` from the study's best trial, among the trials of every worker.
+
+    Each worker writes it when it ends. Reading the best trial and writing the file happen under a lock, so the
+    worker that writes last also read last, after every trial finished so far: workers may end in any order."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    best_file = Path("lightning_logs") / f"tune_{study.study_name}" / "best.yaml"
+    best_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = JournalFileSymlinkLock(str(best_file))  # best.yaml.lock; one a killed worker left is broken after 30 s
+    lock.acquire()
+    try:
+        best = study.best_trial
+        with atomic_write(best_file) as f:
+            f.write(f"# best of study {study.study_name}: {metric} {best.value:.4f} (trial {best.number})\n")
+            f.write(yaml.safe_dump(nested(best.params), sort_keys=False))
+    finally:
+        lock.release()
+    return best, best_file
+
+
 def main(argv: list[str], run_fit: Callable) -> int:
     """``cifarlit tune ARGS``; ``run_fit(args, extra_callbacks)`` runs one ``cifarlit fit`` (the CLI passes its own,
     so this module does not import the command line back)."""
@@ -149,7 +172,7 @@ def main(argv: list[str], run_fit: Callable) -> int:
         "(e.g. -c configs/default.yaml -c configs/debug/subset.yaml --data.data_dir data).",
     )
     parser.add_argument("--space", type=Path, required=True, help="YAML search space, see configs/tune/mlp_space.yaml")
-    parser.add_argument("--n_trials", type=int, default=20, help="trials to run in this call (a resume adds more)")
+    parser.add_argument("--n_trials", type=int, default=20, help="trials this worker runs (others add more)")
     parser.add_argument("--study_name", default="cifarlit")
     parser.add_argument(
         "--storage",
@@ -191,6 +214,7 @@ def main(argv: list[str], run_fit: Callable) -> int:
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the dashboard
         pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
         run_args = [
             *fit_args, *as_args(values), "--test_after_fit", "false",
@@ -215,11 +239,7 @@ def main(argv: list[str], run_fit: Callable) -> int:
     print(f"\nstudy {args.study_name} in {where}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
     if not finished:
         return 1
-    best = study.best_trial
-    best_file = Path("lightning_logs") / f"tune_{args.study_name}" / "best.yaml"
-    with atomic_write(best_file) as f:
-        f.write(f"# best of study {args.study_name}: {args.metric} {best.value:.4f} (trial {best.number})\n")
-        f.write(yaml.safe_dump(nested(best.params), sort_keys=False))
+    best, best_file = write_best(study, args.metric)
     print(f"best {args.metric} {best.value:.4f} (trial {best.number}):")
     for key, value in best.params.items():
         print(f"  {key}: {value}")
