@@ -72,7 +72,7 @@ transfer: venv  ## transfer learning: pretrain a CNN on classes 0-4, then 10% of
 	$(PY) -m cifarlit compare 'lightning_logs/transfer_*/version_*' --output docs/transfer.png --table docs/transfer.md
 
 TRIALS ?= 12
-tune: venv  ## Optuna search of configs/tune/mlp_space.yaml on the 10% subset (TRIALS=12), resumable
+tune: venv  ## Optuna search of configs/tune/mlp_space.yaml on the 10% subset (TRIALS=12), resumable; several at once share it
 	$(PY) -m cifarlit tune --space configs/tune/mlp_space.yaml --study_name mlp --n_trials $(TRIALS) \
 	  -c configs/default.yaml -c configs/experiments/best_mlp.yaml -c configs/tune/mlp_subset.yaml $(DATA_ARG) \
 	  2>&1 | grep -v "━"

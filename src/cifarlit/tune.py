@@ -1,10 +1,13 @@
-"""``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning and a resumable SQLite store.
+"""``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning, shared by any number of workers.
 
 Every trial is an ordinary ``fit`` with the given configs plus the sampled overrides (``--key value``), logged to
 ``lightning_logs/tune_<study>/trial_<n>``. Optuna's Lightning callback reports the monitored metric after each
 validation and stops trials that fall below the median of earlier ones at the same epoch. The study lives in the
-``--storage`` database, so an interrupted search resumes where it stopped and ``optuna-dashboard <storage>``
-shows it. Trials never touch the test split (``--test_after_fit false``): the test set is for the final model.
+``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an interrupted search
+resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune`` processes, on one
+machine or on machines that share the folder, add trials to one study at once. Optuna numbers the trials in the
+storage, so every trial has its own folder whichever worker runs it. Trials never touch the test split
+(``--test_after_fit false``): the test set is for the final model.
 
 Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml``)::
 
@@ -15,6 +18,8 @@ Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml`
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +79,90 @@ def nested(values: dict[str, object]) -> dict:
     return tree
 
 
+def open_storage(storage: str | None, study_name: str) -> tuple[object, str]:
+    """``--storage`` as Optuna takes it, and its name: a database URL passes through, a ``*.journal`` path becomes
+    a journal storage. Without one: ``lightning_logs/tune_<study>.journal``, or the SQLite file that was the default
+    before (``tune_<study>.db``) when only that exists, so a study started then still resumes."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if storage is None:
+        journal, old = Path(f"lightning_logs/tune_{study_name}.journal"), Path(f"lightning_logs/tune_{study_name}.db")
+        storage = f"sqlite:///{old}" if old.is_file() and not journal.exists() else str(journal)
+    if "://" in storage:  # sqlite:///file.db for one worker; postgresql://... or mysql://... for many machines
+        if storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return storage, storage
+    if not storage.endswith(".journal"):
+        raise CifarlitError(
+            f"--storage={storage} is not valid: give a journal file ending in .journal or a database URL such as "
+            "sqlite:///tune.db or postgresql://user@host/db."
+        )
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    # Optuna appends each change to the file under its default lock, a symlink (atomic on local file systems and
+    # NFS), the same lock optuna-dashboard and the optuna command take on this file.
+    return JournalStorage(JournalFileBackend(storage)), storage
+
+
+def trial_seeded_sampler(seed: int, **tpe_kwargs):
+    """Optuna's TPE sampler drawing trial ``n``'s settings from the seed ``(seed, n)``.
+
+    One seed per process would make every worker of a shared study propose the same settings (all the random
+    start-up trials are alike); Optuna numbers trials once per study, so ``(seed, n)`` differs between workers,
+    and one worker given the same seed and results still proposes the same settings."""
+    import numpy as np
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        # One TPE sampler per running trial; TPE reads the history from the study and keeps only its generator.
+        def __init__(self) -> None:
+            self.tpe: dict[int, optuna.samplers.TPESampler] = {}
+
+        def of(self, trial) -> optuna.samplers.TPESampler:
+            if trial.number not in self.tpe:
+                trial_seed = int(np.random.SeedSequence([seed, trial.number]).generate_state(1)[0])
+                self.tpe[trial.number] = optuna.samplers.TPESampler(seed=trial_seed, **tpe_kwargs)
+            return self.tpe[trial.number]
+
+        def before_trial(self, study, trial) -> None:
+            self.of(trial).before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.of(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.of(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.of(trial).after_trial(study, trial, state, values)
+            del self.tpe[trial.number]
+
+    return TrialSeededTPE()
+
+
+def write_best(study, metric: str):
+    """``lightning_logs/tune_<study>/best.yaml`` from the study's best trial, among the trials of every worker.
+
+    Each worker writes it when it ends. Reading the best trial and writing the file happen under a lock, so the
+    worker that writes last also read last, after every trial finished so far: workers may end in any order."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    best_file = Path("lightning_logs") / f"tune_{study.study_name}" / "best.yaml"
+    best_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = JournalFileSymlinkLock(str(best_file))  # best.yaml.lock; one a killed worker left is broken after 30 s
+    lock.acquire()
+    try:
+        best = study.best_trial
+        with atomic_write(best_file) as f:
+            f.write(f"# best of study {study.study_name}: {metric} {best.value:.4f} (trial {best.number})\n")
+            f.write(yaml.safe_dump(nested(best.params), sort_keys=False))
+    finally:
+        lock.release()
+    return best, best_file
+
+
 def main(argv: list[str], run_fit: Callable) -> int:
     """``cifarlit tune ARGS``; ``run_fit(args, extra_callbacks)`` runs one ``cifarlit fit`` (the CLI passes its own,
     so this module does not import the command line back)."""
@@ -83,12 +172,24 @@ def main(argv: list[str], run_fit: Callable) -> int:
         "(e.g. -c configs/default.yaml -c configs/debug/subset.yaml --data.data_dir data).",
     )
     parser.add_argument("--space", type=Path, required=True, help="YAML search space, see configs/tune/mlp_space.yaml")
-    parser.add_argument("--n_trials", type=int, default=20, help="trials to run in this call (a resume adds more)")
+    parser.add_argument("--n_trials", type=int, default=20, help="trials this worker runs (others add more)")
     parser.add_argument("--study_name", default="cifarlit")
-    parser.add_argument("--storage", default=None, help="default: sqlite:///lightning_logs/tune_<study>.db")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where the study lives: a journal file (*.journal), safe for several workers at once, also on a "
+        "shared file system; or a database URL: sqlite:///tune.db for one worker, postgresql://... or mysql://... "
+        "for many machines. Default: lightning_logs/tune_<study>.journal",
+    )
     parser.add_argument("--metric", default="val/acc", help="validation metric to optimize")
     parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
-    parser.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of Optuna's TPE sampler: trial n draws from (seed, n), "
+        "so workers sharing a study with the same seed still propose different settings",
+    )
     parser.add_argument("--warmup_epochs", type=int, default=2, help="epochs before a trial may be pruned")
     parser.add_argument("--startup_trials", type=int, default=3, help="complete trials before pruning starts")
     args, fit_args = parser.parse_known_args(argv)
@@ -99,20 +200,21 @@ def main(argv: list[str], run_fit: Callable) -> int:
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    storage = args.storage or f"sqlite:///lightning_logs/tune_{args.study_name}.db"
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    storage, where = open_storage(args.storage, args.study_name)
     study = optuna.create_study(
         study_name=args.study_name,
         storage=storage,
         direction=args.direction,
-        load_if_exists=True,  # the same command resumes an interrupted search
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        load_if_exists=True,  # the same command resumes an interrupted search, or joins the workers running it
+        # constant_liar (Optuna 5's default; 4.x warns it is experimental): trials still running in other workers
+        # count as bad ones, so the workers do not all close in on one spot
+        sampler=trial_seeded_sampler(args.seed, constant_liar=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
     )
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the dashboard
         pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
         run_args = [
             *fit_args, *as_args(values), "--test_after_fit", "false",
@@ -134,14 +236,10 @@ def main(argv: list[str], run_fit: Callable) -> int:
     states = [t.state for t in study.trials]
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned, failed = states.count(optuna.trial.TrialState.PRUNED), states.count(optuna.trial.TrialState.FAIL)
-    print(f"\nstudy {args.study_name} in {storage}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
+    print(f"\nstudy {args.study_name} in {where}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
     if not finished:
         return 1
-    best = study.best_trial
-    best_file = Path("lightning_logs") / f"tune_{args.study_name}" / "best.yaml"
-    with atomic_write(best_file) as f:
-        f.write(f"# best of study {args.study_name}: {args.metric} {best.value:.4f} (trial {best.number})\n")
-        f.write(yaml.safe_dump(nested(best.params), sort_keys=False))
+    best, best_file = write_best(study, args.metric)
     print(f"best {args.metric} {best.value:.4f} (trial {best.number}):")
     for key, value in best.params.items():
         print(f"  {key}: {value}")
