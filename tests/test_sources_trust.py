@@ -421,3 +421,22 @@ def test_a_folder_where_the_lock_cannot_be_created_still_loads(fresh_folder, fol
     raw = sources.load(fresh_folder)
     np.testing.assert_array_equal(raw.train_x, sources.load(folder_root).train_x)
     assert not (fresh_folder / sources.LOCK_NAME).exists()
+
+
+# --- long one-time work shows progress -------------------------------------------------------------------------
+
+
+def test_decoding_a_large_folder_shows_counts_on_rank_zero_only(fresh_folder, monkeypatch, capsys):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(sources, "PROGRESS_FROM", 100)  # the fixture's 120 training images count as large
+    sources.load(fresh_folder, cache=False)
+    err = capsys.readouterr().err
+    assert "decoding images" in err and "/120 [" in err  # a bar with counts of the total (and rate, time left)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # another process of a DDP run: silent
+    sources.load(fresh_folder, cache=False)
+    assert "decoding images" not in capsys.readouterr().err
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    monkeypatch.setattr(sources, "PROGRESS_FROM", 1000)  # a small folder: done before a bar would help
+    sources.load(fresh_folder, cache=False)
+    assert "decoding images" not in capsys.readouterr().err

@@ -158,8 +158,9 @@ def _extract(archive: Path, root: Path) -> None:
     tmp = root / f"{EXTRACT_PREFIX}{_owner()}"
     try:
         try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
+            with open(archive, "rb") as raw, _reading(raw, archive.stat().st_size, "extracting") as f:
+                with tarfile.open(fileobj=f, mode="r:gz") as tar:
+                    tar.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError, EOFError) as err:
             raise DataError(
                 f"{archive} is not a readable CIFAR-10 archive ({err}); delete it and download again."
@@ -395,6 +396,16 @@ def progress(items: Iterable, total: int, what: str) -> Iterable:
     if total < PROGRESS_FROM or rank_zero_only.rank != 0:
         return items
     return tqdm(items, total=total, desc=what, unit=" files", mininterval=1.0, leave=False)
+
+
+def _reading(f, size: int, what: str):
+    """``f`` read with a progress bar in bytes (rank 0, files of 50 MB or more), or as it is."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from tqdm import tqdm
+
+    if size < 50 * 2**20 or rank_zero_only.rank != 0:
+        return nullcontext(f)
+    return tqdm.wrapattr(f, "read", total=size, desc=what, unit="B", unit_scale=True, mininterval=1.0, leave=False)
 
 
 def resize_raw(raw: RawData, size: int, channels: int) -> RawData:
