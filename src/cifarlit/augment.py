@@ -41,17 +41,66 @@ class AugmentConfig:
         pad: padding in pixels for ``crop_flip``.
         crop: the crop of ``course``, resized back to the image size: a fraction of the side (0.75: 24 of 32
             pixels) or, as a whole number, pixels.
+        mixup: MixUp's ``alpha`` (each training batch blended with a shuffled copy of itself by a weight drawn
+            from Beta(alpha, alpha), the labels likewise); 0 is off. Runs on the whole batch, on the device, for
+            either backend; val and test are never mixed.
+        cutmix: CutMix's ``alpha`` (a box of the shuffled copy pasted in, the labels mixed by its area); 0 is
+            off. With both on, each batch gets one of the two, at random.
     """
 
     preset: Preset = "none"
     backend: Literal["batched", "albumentations"] = "batched"
     pad: int = 4
     crop: int | float = 0.75
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def crop_pixels(self, size: int) -> int:
         """The side of the ``course`` crop for images of ``size`` pixels."""
         pixels = round(self.crop * size) if isinstance(self.crop, float) and self.crop <= 1 else int(self.crop)
         return max(1, min(pixels, size))
+
+
+class BatchMix:
+    """MixUp (Zhang et al., 2018) and CutMix (Yun et al., 2019) of a training batch, with soft targets.
+
+    One weight per batch, paired with a random permutation of the batch itself. The weight and the box are
+    drawn on the CPU (from torch's seeded global RNG) and the permutation on the batch's device, so nothing makes
+    the host wait for a GPU.
+
+    >>> x, y = torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    >>> mixed, soft = BatchMix(AugmentConfig(mixup=1.0), num_classes=5)(x, y)
+    >>> soft.shape, bool(torch.allclose(soft.sum(1), torch.ones(4)))
+    (torch.Size([4, 5]), True)
+    """
+
+    def __init__(self, cfg: AugmentConfig, num_classes: int) -> None:
+        self.kinds = [k for k, alpha in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if alpha > 0]
+        self.alpha = {"mixup": cfg.mixup, "cutmix": cfg.cutmix}
+        self.num_classes = num_classes
+
+    def __bool__(self) -> bool:
+        return bool(self.kinds)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed images (``x`` may be changed in place) and ``(B, num_classes)`` target probabilities."""
+        if not self.kinds:
+            return x, y
+        kind = self.kinds[int(torch.randint(len(self.kinds), ()))] if len(self.kinds) > 1 else self.kinds[0]
+        alpha = self.alpha[kind]
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(x), device=x.device)
+        other = x.index_select(0, perm)
+        if kind == "mixup":
+            x = x.mul_(lam).add_(other, alpha=1 - lam)
+        else:
+            h, w = x.shape[-2:]
+            cut_h, cut_w = round(h * (1 - lam) ** 0.5), round(w * (1 - lam) ** 0.5)
+            top, left = (int(torch.randint(n - c + 1, ())) for n, c in ((h, cut_h), (w, cut_w)))
+            x[..., top : top + cut_h, left : left + cut_w] = other[..., top : top + cut_h, left : left + cut_w]
+            lam = 1 - cut_h * cut_w / (h * w)  # the share of the image that is still its own
+        target = F.one_hot(y, self.num_classes).to(x.dtype)
+        return x, torch.lerp(target.index_select(0, perm), target, lam)  # lam * own + (1 - lam) * other
 
 
 class BatchAugment(nn.Module):
