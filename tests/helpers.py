@@ -86,7 +86,10 @@ class RankReport(Callback):
     def on_fit_end(self, trainer, pl_module):
         report = {
             "rank": trainer.global_rank,
+            "node_rank": trainer.node_rank,
+            "pid": os.getpid(),
             "world_size": trainer.world_size,
+            "environment": type(trainer.strategy.cluster_environment).__name__,  # who started the processes
             "split": trainer.datamodule.split_fingerprint,
             "shard": self.shard,
             "steps": self.steps,
