@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cifarlit.sources import CIFAR10_CLASSES
@@ -162,3 +163,16 @@ def own_run(tmp_path_factory):
         gone=trained_from,
         cli=cli,
     )
+
+
+@pytest.fixture
+def one_process_ddp(monkeypatch):
+    """Undoes what a DDP run of one process leaves in this process: its environment variables, the thread count
+    and the process group, so later tests (and the processes they start) do not inherit them."""
+    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

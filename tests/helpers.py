@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from lightning.pytorch import Callback
 
 from cifarlit.cli import cli_main
@@ -36,6 +37,14 @@ def config_args(config: Path) -> list[str]:
     files = match.group(1).split()[1::2]
     assert files[-1] == str(config), f"{config}: its header command runs {files[-1]} instead"
     return [arg for f in files for arg in ("-c", str(REPO / f))]
+
+
+def one_node(config: Path) -> list[str]:
+    """For a config of several machines, the options that run it as one process of one node: started alone it would
+    wait for the processes of the other machines (tests/test_multinode.py starts it on two, as a launcher does)."""
+    trainers = [(yaml.safe_load(Path(f).read_text()) or {}).get("trainer") or {} for f in config_args(config)[1::2]]
+    nodes = [trainer["num_nodes"] for trainer in trainers if "num_nodes" in trainer]
+    return ["--trainer.num_nodes", "1", "--trainer.devices", "1"] if nodes and nodes[-1] > 1 else []
 
 
 class RunsCode:
@@ -77,7 +86,10 @@ class RankReport(Callback):
     def on_fit_end(self, trainer, pl_module):
         report = {
             "rank": trainer.global_rank,
+            "node_rank": trainer.node_rank,
+            "pid": os.getpid(),
             "world_size": trainer.world_size,
+            "environment": type(trainer.strategy.cluster_environment).__name__,  # who started the processes
             "split": trainer.datamodule.split_fingerprint,
             "shard": self.shard,
             "steps": self.steps,

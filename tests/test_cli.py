@@ -15,11 +15,12 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.strategies import StrategyRegistry
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from cifarlit.nets import ACTIVATIONS, MLP, NORMS
-from helpers import CONFIGS, config_args, run_cli
+from helpers import CONFIGS, config_args, one_node, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,6 +230,12 @@ def trainer_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
     if option == "plugins":
         wanted, seen = pair_objects([trainer.strategy.checkpoint_io, trainer.strategy.precision_plugin], value, False)
         return [("the strategy's plugins", seen, wanted)]
+    if option == "strategy" and value in StrategyRegistry:  # a registered name: "ddp" is DDPStrategy(start_method=...)
+        registered = StrategyRegistry[value]
+        return [("the strategy's type", type(trainer.strategy), registered["strategy"])] + [
+            (f"the strategy's {arg}", attribute(trainer.strategy, arg), want)
+            for arg, want in registered["init_params"].items()
+        ]
     if option == "deterministic" and value == "auto":  # bit-identical runs on the CPU
         value = trainer.strategy.root_device.type == "cpu"
     live = {
@@ -260,9 +267,15 @@ def readings(cli, key: str, value, merged: dict) -> list[tuple[str, object, obje
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeypatch):
+def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # set again only if the config's seed_everything is applied
+    command_line = {"data": {"data_dir": str(pickle_root), "download": False},
+                    "trainer": {"fast_dev_run": True, "accelerator": "cpu"}}  # fmt: skip
+    several_nodes = one_node(config)
+    if several_nodes:
+        request.getfixturevalue("one_process_ddp")
+        command_line["trainer"] |= {"num_nodes": 1, "devices": 1}
     if config.name.startswith("finetune"):  # starts from the checkpoint that pretrain.yaml writes: run that first
         run_cli(
             "fit", *config_args(config.parent / "pretrain.yaml"), "--data.data_dir", str(pickle_root),
@@ -271,13 +284,11 @@ def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeyp
         assert (tmp_path / "lightning_logs" / "transfer" / "pretrained.ckpt").is_file()
     cli = run_cli(
         "fit", *config_args(config), "--data.data_dir", str(pickle_root), "--data.download", "false",
-        "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+        "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", *several_nodes,
     )  # fmt: skip
     assert cli.trainer.state.finished
     assert "train/loss" in cli.trainer.callback_metrics
     # Every key of the config chain (and of the command line) shows in the objects the run built.
-    command_line = {"data": {"data_dir": str(pickle_root), "download": False},
-                    "trainer": {"fast_dev_run": True, "accelerator": "cpu"}}  # fmt: skip
     merged = merged_config(config_args(config)[1::2], command_line)
     for key, value in leaves(merged):
         for where, got, want in readings(cli, key, value, merged):

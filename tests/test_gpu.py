@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CONFIGS, REPO, config_args, run_cli
+from helpers import CONFIGS, REPO, config_args, one_node, run_cli
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,13 +27,16 @@ SHORT = ("--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_every_config_fits_on_the_gpu(config, pickle_root, tmp_path, monkeypatch):
+def test_every_config_fits_on_the_gpu(config, pickle_root, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
+    if one_node(config):
+        request.getfixturevalue("one_process_ddp")
     if config.name.startswith("finetune"):  # starts from the checkpoint that pretrain.yaml writes: run that first
         pretrain = config_args(config.parent / "pretrain.yaml")
         run_cli("fit", *pretrain, "--data.data_dir", str(pickle_root), *GPU, *SHORT, "--test_after_fit", "false")
     ladder = config.parent.name == "debug" and config.name != "subset.yaml"  # the whole rung: it must PASS
-    cli = run_cli("fit", *config_args(config), "--data.data_dir", str(pickle_root), *GPU, *([] if ladder else SHORT))
+    cli = run_cli("fit", *config_args(config), "--data.data_dir", str(pickle_root), *GPU, *([] if ladder else SHORT),
+                  *one_node(config))  # fmt: skip
     trainer = cli.trainer
     assert trainer.state.finished and trainer.strategy.root_device.type == "cuda"
     assert cli.datamodule.train_set.x.is_cuda  # data.on_device: auto
