@@ -513,6 +513,11 @@ def test_every_run_claims_its_own_folder_before_anything_is_built(tmp_path, monk
     worker = _logger_config(tmp_path)
     runs.claim_run_dir(worker)
     assert worker.trainer.logger.init_args.version is None
+    monkeypatch.setattr(runs.rank_zero_only, "rank", 0)
+    monkeypatch.setenv("NODE_RANK", "1")  # the first process of the second machine, started by hand
+    by_hand = _logger_config(tmp_path)
+    runs.claim_run_dir(by_hand)
+    assert by_hand.trainer.logger.init_args.version is None
 
 
 def test_a_fit_writes_into_the_folder_it_claimed(pickle_root, tmp_path, monkeypatch):

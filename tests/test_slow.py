@@ -33,7 +33,7 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
 def subprocess_fit(*args: str, cwd: Path, out: Path, wait: bool = True):
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO / "tests"),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),  # this checkout's cifarlit
         "CIFARLIT_TEST_OUT": str(out),
         "PYTHONWARNINGS": "ignore",
     }

@@ -90,13 +90,14 @@ class TrainBatchSampler(TensorBatchSampler):
 
     def _batches(self, order: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batches = super()._batches(order)
-        return batches[:-1] if len(batches) > 1 and len(batches[-1]) == 1 else batches
+        return batches[:-1] if self._drops_one(len(order)) else batches
+
+    def _drops_one(self, n: int) -> bool:
+        """Whether the last batch is a partial one of a single image (batch_size 1 is the user's own choice)."""
+        return not self.drop_last and self.batch_size > 1 and n > self.batch_size and n % self.batch_size == 1
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        return (
-            n // self.batch_size if self.drop_last or (n % self.batch_size == 1 and n > 1) else -(-n // self.batch_size)
-        )
+        return super().__len__() - self._drops_one(len(self.sampler))
 
 
 class EvalBatchSampler(TensorBatchSampler):

@@ -8,6 +8,7 @@ process, so two runs never share one).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -45,7 +46,9 @@ def claim_run_dir(config) -> None:
     args = _tensorboard_args(config)
     if args is None or args.get("version") is not None:
         return
-    if rank_zero_only.rank != 0:  # under DDP rank 0 claims the folder; Lightning hands its name to the others
+    # Under DDP the first process claims the folder and Lightning hands its name to the others: the global rank
+    # of torchrun/SLURM, or a node rank other than 0 where processes are started by hand on each machine.
+    if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) != 0:
         return
     root = _run_root(args)
     root.mkdir(parents=True, exist_ok=True)
