@@ -92,3 +92,57 @@ def test_only_the_training_batches_are_augmented(pickle_root, backend):
     else:
         assert not torch.equal(out, clean)
     assert out.shape == (len(x), 3, 32, 32) and out.dtype == torch.float32
+
+
+def test_mixup_blends_each_image_with_one_partner_by_one_weight():
+    from cifarlit.augment import BatchMix
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 8, 8), torch.randint(0, 10, (64,))
+    mixed, soft = BatchMix(AugmentConfig(mixup=0.4), num_classes=10)(x.clone(), y)
+    assert soft.shape == (64, 10) and torch.allclose(soft.sum(1), torch.ones(64))
+    lam = soft[torch.arange(64), y]  # the own label's share (plus the partner's if it has the same class)
+    own = (soft > 0).sum(1) == 2  # images whose partner has another class
+    assert own.any() and torch.allclose(lam[own], lam[own][0].expand(int(own.sum())))  # one weight per batch
+    weight = float(lam[own][0])
+    for i in torch.nonzero(own).flatten().tolist():  # each is weight * itself + (1 - weight) * one other image
+        rest = (mixed[i] - weight * x[i]) / (1 - weight)
+        assert min(float((rest - other).abs().max()) for other in x) < 1e-5
+
+
+def test_cutmix_pastes_one_box_and_mixes_the_labels_by_its_area():
+    from cifarlit.augment import BatchMix
+
+    torch.manual_seed(1)
+    x = torch.arange(32).float().view(32, 1, 1, 1).expand(32, 3, 16, 16).contiguous()  # image i is all i
+    y = torch.arange(32) % 10
+    mixed, soft = BatchMix(AugmentConfig(cutmix=1.0), num_classes=10)(x.clone(), y)
+    for i in range(32):
+        values = mixed[i].unique()
+        assert len(values) <= 2 and float(values.min()) >= 0  # its own pixels and one partner's
+        own_share = float((mixed[i] == i).float().mean())
+        partner = [v for v in values.tolist() if v != i]
+        if partner and int(partner[0]) % 10 != i % 10:
+            assert soft[i, i % 10] == pytest.approx(own_share, abs=1e-6)  # labels mixed by the box's area
+
+
+def test_mixing_touches_training_batches_only_and_trains(pickle_root, tmp_path, monkeypatch):
+    from helpers import REPO, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    mix = ("--data.augment.mixup", "0.2", "--data.augment.cutmix", "1.0")
+    cli = run_cli("fit", "-c", str(REPO / "configs" / "default.yaml"), "--data.data_dir", str(pickle_root), *mix,
+                  "--trainer.max_epochs", "2")  # fmt: skip
+    dm = cli.datamodule
+
+    class Training:
+        training = True
+
+    x, y = next(iter(dm.train_dataloader()))
+    dm.trainer = Training()
+    _, soft = dm.on_after_batch_transfer((x, y), 0)
+    assert soft.shape == (len(y), 10) and soft.is_floating_point()
+    dm.trainer.training = False
+    vx, vy = next(iter(dm.val_dataloader()))
+    assert torch.equal(dm.on_after_batch_transfer((vx, vy), 0)[1], vy)  # val and test keep their labels
+    assert cli.trainer.callback_metrics["test/acc"] > 0.3

@@ -110,8 +110,8 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     model = LitMLP(hidden_sizes=[], label_smoothing=0.2)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     logits = model(x)
-    train = model._step((x, y), "train")
-    val = model._step((x, y), "val")
+    train, _ = model._step((x, y), "train")
+    val, _ = model._step((x, y), "val")
     torch.testing.assert_close(train, nn.functional.cross_entropy(logits, y, label_smoothing=0.2))
     torch.testing.assert_close(val, nn.functional.cross_entropy(logits, y))
     assert not torch.allclose(train, val)
@@ -202,3 +202,38 @@ def test_epoch_metrics_are_exact_means_over_images_with_uneven_batches(tmp_path)
         assert out[f"{stage}/loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
         assert out[f"{stage}/acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), rel=1e-6)
     assert all(not tally for tally in model._tallies.values())  # emptied when the epoch's metrics were logged
+
+
+def test_flip_tta_scores_an_image_as_the_mean_of_it_and_its_mirror():
+    torch.manual_seed(0)
+    model = LitMLP(hidden_sizes=[16]).eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        plain = model.scores(x)
+        model.tta = "flip"
+        both = model.scores(x)
+        torch.testing.assert_close(both, (model(x) + model(x.flip(-1))) / 2)
+        assert not torch.allclose(both, plain)  # an MLP is not mirror-symmetric
+        torch.testing.assert_close(model.test_step((x, y), 0), both)  # what the test scores and reports
+        torch.testing.assert_close(model.predict_step((x, y), 0), both.softmax(-1))
+        model._tallies["test"].clear()
+
+
+def test_tta_is_an_option_of_test_predict_and_the_test_after_fit(own_run, tmp_path, monkeypatch):
+    from helpers import REPO, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    default = str(REPO / "configs" / "default.yaml")
+    common = ("-c", default, "--data.data_dir", str(own_run.data), "--ckpt_path", str(own_run.ckpt))
+    plain = run_cli("test", *common).trainer.callback_metrics["test/loss"]
+    tested = run_cli("test", *common, "--tta", "flip")
+    assert tested.model.tta == "none"  # set for that run only
+    assert tested.trainer.callback_metrics["test/loss"] != plain
+    probs = run_cli("predict", *common, "--tta", "flip", "--probabilities", "true", "--output",
+                    str(tmp_path / "p.csv"))  # fmt: skip
+    assert probs.model.tta == "none" and (tmp_path / "p.csv").is_file()
+    seen, scores = [], LitMLP.scores
+    monkeypatch.setattr(LitMLP, "scores", lambda self, x: seen.append(self.tta) or scores(self, x))
+    run_cli("fit", "-c", default, "--data.data_dir", str(own_run.data), "--trainer.max_epochs", "1",
+            "--test_tta", "flip")  # fmt: skip
+    assert seen and set(seen) == {"flip"}  # the test after fit scored every batch with its mirror

@@ -85,3 +85,44 @@ def test_torchvision_builder_is_not_asked_to_download_without_weights(monkeypatc
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     assert isinstance(TorchvisionNet(3, name="mobilenet_v3_small").model, torchvision.models.MobileNetV3)
+
+
+@pytest.mark.parametrize(
+    "net",
+    [{"class_path": "cifarlit.nets.ResidualMLP", "init_args": {"width": 64, "depth": 2}},
+     {"class_path": "cifarlit.nets.CifarResNet", "init_args": {"widths": [8, 16, 32, 32]}}],
+    ids=["residual_mlp", "cifar_resnet"],
+)  # fmt: skip
+def test_the_recipe_networks_train_from_the_config_and_reload(net, pickle_root, tmp_path, monkeypatch):
+    import json
+
+    from cifarlit.model import LitMLP
+
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--model.net", json.dumps(net),
+                  "--model.optimizer.init_args.lr", "0.01", "--trainer.max_epochs", "5")  # fmt: skip
+    assert type(cli.model.net).__name__ == net["class_path"].rsplit(".", 1)[1]
+    assert cli.trainer.callback_metrics["test/acc"] > 0.3  # the fixture classes are learnable
+    reloaded = LitMLP.load_from_checkpoint(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
+    x = torch.randn(4, 3, 32, 32)
+    cli.model.eval(), reloaded.eval()
+    torch.testing.assert_close(reloaded(x), cli.model(x))
+
+
+def test_the_residual_mlp_adds_each_block_to_its_stream():
+    from cifarlit.nets import ResidualMLP
+
+    net = ResidualMLP(10, (3, 8, 8), width=16, depth=3)
+    assert len(net.blocks) == 3 and net.blocks[0][1].out_features == 64  # expansion 4
+    for block in net.blocks:  # zero blocks: the stream passes through unchanged
+        torch.nn.init.zeros_(block[-1].weight), torch.nn.init.zeros_(block[-1].bias)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(net(x), net.head(net.norm(net.embed(x))))
+
+
+def test_cifar_resnet_widths_must_be_four():
+    from cifarlit.errors import CifarlitError
+    from cifarlit.nets import CifarResNet
+
+    with pytest.raises(CifarlitError, match=r"widths=\[8, 16\] is not valid: give 4 widths"):
+        CifarResNet(10, widths=[8, 16])

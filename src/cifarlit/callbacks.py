@@ -154,37 +154,21 @@ class PerClassReport(Callback):
 
     def __init__(self) -> None:
         self.matrix: torch.Tensor | None = None
-        self._hook = None
-        self._logits: torch.Tensor | None = None
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.matrix = None
-        # The logits of test_step's own forward pass, caught on their way out, so test_step stays as it is and
-        # the test set is not run through the network a second time.
-        self._hook = pl_module.register_forward_hook(self._catch)
-
-    def _catch(self, module, inputs, output) -> None:
-        self._logits = output
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         x, y = batch
-        logits = self._logits if self._logits is not None else pl_module(x)
-        self._logits = None
+        # LitMLP's test_step returns the logits it scored (test-time augmentation included): the test set is
+        # not run through the network a second time.
+        logits = outputs if isinstance(outputs, torch.Tensor) else pl_module(x)
         k = logits.shape[1]
         counts = torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)  # (true, predicted)
         self.matrix = counts if self.matrix is None else self.matrix + counts
 
-    def _unhook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook, self._logits = None, None
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._unhook()  # also after a failed test run
-
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._unhook()
         if self.matrix is None:
             return
         matrix = trainer.strategy.reduce(self.matrix, reduce_op="sum").cpu()  # every rank's shard of the test set

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must never phone home
 
@@ -34,6 +35,12 @@ class CifarCLI(LightningCLI):
             type=bool,
             default=True,
             help="After fit, test the best checkpoint on the test split.",
+        )
+        parser.add_argument(
+            "--test_tta",
+            type=Literal["none", "flip"],
+            default="none",
+            help="Test-time augmentation of the test after fit: flip scores each image with its mirror too.",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -88,7 +95,8 @@ class CifarCLI(LightningCLI):
             return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         trainer.callbacks.append(PerClassReport())  # not during fit: every callback costs every training step
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True)
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True,
+                     tta=self.config.fit.get("test_tta", "none"))  # fmt: skip
 
 
 def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI:

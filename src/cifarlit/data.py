@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from cifarlit import sources
-from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
+from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment, BatchMix
 from cifarlit.loaders import ArrayDataset, EvalBatchSampler, TrainBatchSampler, whole_batch, worker_init
 from cifarlit.sources import DataError
 
@@ -176,6 +176,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         _check_split_size(val_size, "data.val_size")
         _check_split_size(test_size, "data.test_size")
         self.batch_augment = BatchAugment(self.augment)
+        self.batch_mix: BatchMix | None = None  # built in setup, once the class count is known
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.split_fingerprint = ""
@@ -277,6 +278,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             test_x = torch.from_numpy(raw.test_x).permute(0, 3, 1, 2).contiguous()
             self.test_set = ArrayDataset(test_x, torch.from_numpy(raw.test_y))
         self.test_idx = test_idx  # positions in train/ of a carved test split; None for an official one
+        self.batch_mix = BatchMix(self.augment, len(self.classes))
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self._keep_on(device):
             for ds in (self.train_set, self.val_set, self.test_set):
@@ -366,11 +368,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """uint8 ``(B, 3, H, W)`` on the device -> augmented (training only), normalized float."""
+        """uint8 ``(B, C, H, W)`` on the device -> augmented (training only), normalized float; a training batch
+        may then be mixed (MixUp / CutMix), its labels becoming ``(B, num_classes)`` probabilities."""
         x, y = batch
-        trainer = self.trainer
-        augment = trainer is not None and trainer.training and self.augment.backend == "batched"
-        return self.to_input(x, augment=augment), y
+        training = self.trainer is not None and self.trainer.training
+        x = self.to_input(x, augment=training and self.augment.backend == "batched")
+        return self.batch_mix(x, y) if training and self.batch_mix else (x, y)
 
     def to_input(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """uint8 images -> the float, normalized input the model sees (augmented if asked)."""

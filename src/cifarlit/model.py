@@ -101,6 +101,7 @@ class LitMLP(L.LightningModule):
         )
         self._tallies: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {stage: [] for stage in STAGES}
         self._first_step = 0  # global step at the start of the training epoch
+        self.tta: Literal["none", "flip"] = "none"  # test-time augmentation of test and predict: a run's choice
 
     @property
     def head_name(self) -> str:
@@ -127,15 +128,24 @@ class LitMLP(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._compiled_net(x) if self.hparams.compile else self.net(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor | None:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The loss and the logits of a batch, tallied for the epoch's metrics."""
         x, y = batch
         if len(y) == 0:  # a process's share of a split smaller than the process count (EvalBatchSampler)
             return None
-        logits = self(x)
+        logits = self.scores(x) if stage == "test" else self(x)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        self._tallies[stage].append((loss.detach(), (logits.detach().argmax(-1) == y).sum(), len(y)))
-        return loss
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)  # y: class indices, or MixUp's probabilities
+        truth = y.argmax(-1) if y.is_floating_point() else y  # a mixed image counts for its larger share
+        self._tallies[stage].append((loss.detach(), (logits.detach().argmax(-1) == truth).sum(), len(y)))
+        return loss, logits
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits that test and predict use: with ``tta = "flip"`` the mean of the image's and its mirror's
+        (test-time augmentation; set by ``cifarlit test --tta flip``, ``predict --tta flip`` or
+        ``fit --test_tta flip``)."""
+        logits = self(x)
+        return (logits + self(x.flip(-1))) / 2 if self.tta == "flip" else logits
 
     def _log_epoch(self, stage: str) -> None:
         tally, self._tallies[stage] = self._tallies[stage], []
@@ -155,7 +165,7 @@ class LitMLP(L.LightningModule):
         self._tallies[stage] = []  # nothing left over from an interrupted epoch or the sanity check
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def _check_finite(self) -> None:
         """Stop with one sentence if a training loss of this epoch was NaN or infinite.
@@ -182,8 +192,9 @@ class LitMLP(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        scored = self._step(batch, "test")
+        return None if scored is None else scored[1]  # the logits, for the per-class report
 
     def on_train_epoch_start(self) -> None:
         self._start_epoch("train")
@@ -206,7 +217,7 @@ class LitMLP(L.LightningModule):
         self._log_epoch("test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self(batch[0]).softmax(-1)
+        return self.scores(batch[0]).softmax(-1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._check_finite()  # raising here means the file is never written

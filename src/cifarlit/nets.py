@@ -134,6 +134,118 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
+class ResidualMLP(nn.Module):
+    """An MLP of pre-norm inverted-bottleneck residual blocks, after Bachmann et al. (2023), "Scaling MLPs".
+
+    Flatten, a linear embedding to ``width``, then ``depth`` blocks ``x + W2(GELU(W1(LayerNorm(x))))`` with
+    ``W1: width -> expansion * width`` and ``W2`` back, a final LayerNorm and the head. The skips and the norm let
+    it grow deep where a plain MLP stops improving.
+
+    Args:
+        num_classes: output classes.
+        image_shape: ``(C, H, W)`` of the inputs.
+        width: the width of the residual stream.
+        depth: the number of blocks.
+        expansion: the blocks' hidden width over ``width``.
+        dropout: dropout inside each block.
+
+    >>> ResidualMLP(10, (3, 32, 32), width=64, depth=2)(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    head_name = "head"
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        width: int = 512,
+        depth: int = 4,
+        expansion: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, width))  # (B, C, H, W) -> (B, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(width),
+                nn.Linear(width, expansion * width),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(expansion * width, width),
+            )  # fmt: skip
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(self.norm(x))
+
+
+class Residual(nn.Module):
+    """``x + body(x)``."""
+
+    def __init__(self, *body: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class CifarResNet(nn.Module):
+    """The residual network of the DAWNBench CIFAR-10 entries ("ResNet-9", Page 2018), widths configurable.
+
+    ``prep`` conv, then three stages that each convolve and halve the resolution with a 2x2 max-pool, the first
+    and last followed by a residual pair of convs; a global max-pool and a linear head whose output is scaled
+    down (``head_scale``), which trains better with the large learning rates this net likes. With the default
+    widths [64, 128, 256, 512] it is about 0.38 G multiply-adds per 32x32 image; [16, 32, 64, 128] is 1/16 of that.
+
+    Args:
+        num_classes: output classes.
+        image_shape: ``(C, H, W)`` of the inputs (any H, W of at least 8: the pool is global).
+        widths: channels of the prep conv and of the three stages.
+        head_scale: the head's output is multiplied by this.
+
+    >>> CifarResNet(10, (3, 32, 32), widths=[8, 16, 32, 64])(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    head_name = "head"
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        widths: list[int] = [64, 128, 256, 512],  # noqa: B006 -- jsonargparse reads the default from the signature
+        head_scale: float = 0.125,
+    ) -> None:
+        super().__init__()
+        from cifarlit.errors import CifarlitError
+
+        if len(widths) != 4:
+            raise CifarlitError(f"model.net.init_args.widths={widths} is not valid: give 4 widths (prep, 3 stages).")
+        w0, w1, w2, w3 = widths
+        self.features = nn.Sequential(
+            *conv_bn(image_shape[0], w0),
+            *conv_bn(w0, w1), nn.MaxPool2d(2), Residual(*conv_bn(w1, w1), *conv_bn(w1, w1)),
+            *conv_bn(w1, w2), nn.MaxPool2d(2),
+            *conv_bn(w2, w3), nn.MaxPool2d(2), Residual(*conv_bn(w3, w3), *conv_bn(w3, w3)),
+            GlobalPool("max"), nn.Flatten(),  # (B, w3, h, w) -> (B, w3)
+        )  # fmt: skip
+        self.head = nn.Linear(w3, num_classes)
+        self.head_scale = head_scale
+        self.to(memory_format=torch.channels_last)  # see SmallCNN
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last))) * self.head_scale
+
+
 class TorchvisionNet(nn.Module):
     """Any torchvision classification model by name (``resnet18``, ``mobilenet_v3_small``, ...).
 

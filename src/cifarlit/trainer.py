@@ -83,6 +83,20 @@ def _without_nvml_cuda_check(device: torch.device):
             os.environ[_NVML_CHECK] = saved
 
 
+@contextlib.contextmanager
+def _tta(trainer: Trainer, model, tta: str):
+    """Set the module's test-time augmentation for one test or predict run, and put it back after."""
+    module = model if model is not None else trainer.lightning_module
+    before = getattr(module, "tta", None)
+    if module is not None and before is not None:
+        module.tta = tta
+    try:
+        yield
+    finally:
+        if module is not None and before is not None:
+            module.tta = before
+
+
 class CifarTrainer(Trainer):
     """Lightning's Trainer; every Trainer option is accepted as it is, with two more and one more value.
 
@@ -127,9 +141,11 @@ class CifarTrainer(Trainer):
         self._skip_unused_hooks()
         return super().validate(*args, **kwargs)
 
-    def test(self, *args, **kwargs):
+    def test(self, *args, tta: Literal["none", "flip"] = "none", **kwargs):
+        """Lightning's test; ``tta: flip`` scores each image as the mean of its and its mirror's logits."""
         self._skip_unused_hooks()
-        return super().test(*args, **kwargs)
+        with _tta(self, kwargs.get("model", args[0] if args else None), tta):
+            return super().test(*args, **kwargs)
 
     def explore(
         self,
@@ -191,6 +207,7 @@ class CifarTrainer(Trainer):
         weights_only: bool | None = None,
         output: str | None = None,
         probabilities: bool = False,
+        tta: Literal["none", "flip"] = "none",
     ) -> list[torch.Tensor]:
         """Predict the test split, or the images in ``--data.predict_dir``, and write them to a CSV.
 
@@ -202,6 +219,7 @@ class CifarTrainer(Trainer):
                 split). Default: ``predictions.csv`` in the run directory, or without a logger in the folder of
                 the checkpoint's run.
             probabilities: add a ``prob_<class>`` column per class.
+            tta: ``flip`` predicts from the mean of each image's and its mirror's logits.
         """
         from cifarlit.predict import write_csv
 
@@ -210,7 +228,8 @@ class CifarTrainer(Trainer):
                 "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
             )
         self._skip_unused_hooks()
-        batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
+        with _tta(self, model, tta):
+            batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
         probs = torch.cat([b.float().cpu() for b in batches])  # (N, num_classes), each row sums to 1
         dm = self.datamodule
         ids = getattr(dm, "predict_ids", None) or [str(i) for i in range(len(probs))]
