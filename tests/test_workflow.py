@@ -221,3 +221,22 @@ def test_compare_writes_next_to_the_runs_unless_told_otherwise(finished_runs, tm
         assert not list(tmp_path.iterdir())  # nothing in the working directory
     finally:
         (finished_runs / "compare.png").unlink(missing_ok=True)
+
+
+def test_compare_plots_accuracy_against_wall_clock_time(finished_runs, tmp_path, monkeypatch, capsys):
+    import matplotlib.axes
+
+    from cifarlit.compare import read_run
+
+    drawn = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: drawn.append((list(x), list(y), kw))
+                        or plot(ax, x, y, **kw))  # fmt: skip
+    png = tmp_path / "time.png"
+    assert compare_main([str(finished_runs / "long" / "version_0"), "--output", str(png), "--x", "time"]) == 0
+    events = EventAccumulator(str(finished_runs / "long" / "version_0"), size_guidance={"scalars": 0}).Reload()
+    seconds = [e.wall_time - events.FirstEventTimestamp() for e in events.Scalars("val/acc")]
+    val_acc = [e.value for e in events.Scalars("val/acc")]
+    assert read_run(finished_runs / "long" / "version_0")["_seconds/val/acc"] == seconds
+    assert (seconds, val_acc) in [(x, y) for x, y, _ in drawn]  # val/acc against the seconds since the start
+    curves_png(png, runs=1)

@@ -41,11 +41,14 @@ def find_runs(patterns: list[str]) -> list[Path]:
 
 
 def read_run(path: Path) -> dict[str, list[float]]:
-    """Per-epoch scalars of one run, e.g. ``{"val/acc": [0.41, 0.45, ...]}``."""
+    """Per-epoch scalars of one run, e.g. ``{"val/acc": [0.41, 0.45, ...]}``, and under ``_seconds/<tag>`` the
+    seconds from the run's start to each of them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
     scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    start = events.FirstEventTimestamp()
+    scalars |= {f"_seconds/{t}": [e.wall_time - start for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
     if "val/acc" in scalars:  # fit's wall time: from the logger's start to the last validation
         scalars["_fit_seconds"] = [events.Scalars("val/acc")[-1].wall_time - events.FirstEventTimestamp()]
     return scalars
@@ -89,8 +92,9 @@ def common_folder(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([str(Path(p).resolve()) for p in paths]))
 
 
-def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """One row per metric (loss, acc), train on the left and val on the right, one line per run."""
+def plot(runs: dict[str, dict[str, list[float]]], path: Path, x: str = "epoch") -> None:
+    """One row per metric (loss, acc), train on the left and val on the right, one line per run; against the
+    epoch, or with ``x="time"`` against the seconds since each run started (which recipe gets there first)."""
     plt = figures.pyplot()
     fig, axes = plt.subplots(len(CURVES), 2, figsize=(11, 4 * len(CURVES)), squeeze=False)
     for row, metric in enumerate(CURVES):
@@ -101,14 +105,14 @@ def plot(runs: dict[str, dict[str, list[float]]], path: Path) -> None:
                 if values:  # 10 colours, then the same colours dashed, so a dozen runs stay distinguishable
                     style = {"color": plt.cm.tab10(i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
                     ax.plot(
-                        range(1, len(values) + 1),
+                        scalars[f"_seconds/{stage}/{metric}"] if x == "time" else range(1, len(values) + 1),
                         values,
                         label=name,
                         marker="." if len(values) < 30 else None,
                         **style,
                     )
             ax.set_title(f"{stage}/{metric}")
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("seconds since the run started" if x == "time" else "epoch")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "that holds the runs, e.g. lightning_logs/)"
     )  # fmt: skip
     parser.add_argument("--table", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--x", choices=("epoch", "time"), default="epoch", help="the curves' x axis: epochs, or "
+                        "wall-clock seconds since each run started")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         paths = find_runs(args.runs)
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except CifarlitError as err:
         return report(err)
     output = Path(args.output) if args.output else common_folder(paths) / "compare.png"
-    plot(runs, output)
+    plot(runs, output, args.x)
     table = summary_table(runs)
     print(table)
     if args.table:
