@@ -66,6 +66,11 @@ def attribute(obj, name: str):
     for attr in (name, f"_{name}"):
         if hasattr(obj, attr):
             return getattr(obj, attr)
+    if name == "decay" and "avg_fn" in getattr(obj, "_kwargs", {}):  # EMAWeightAveraging keeps it in its update
+        import torch
+
+        moved = obj._kwargs["avg_fn"](torch.zeros(1), torch.ones(1), torch.tensor(1))  # one step from 0 toward 1
+        return round(1 - float(moved), 6)
     raise AssertionError(f"a {type(obj).__name__} keeps no {name!r}: say where a run shows it")
 
 
@@ -183,8 +188,9 @@ def model_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
         if name == "optimizer.class_path":
             return [("type(trainer.optimizers[0])", type(optimizer), resolve(value))]
         out = [(f"the optimizer's defaults[{arg!r}]", optimizer.defaults[arg], value)]
-        if arg == "lr":  # a scheduler moves the current lr and keeps the configured one as initial_lr
-            group = optimizer.param_groups[0]
+        one_cycle = any(type(c.scheduler).__name__ == "OneCycleLR" for c in trainer.lr_scheduler_configs)
+        if arg == "lr" and not one_cycle:  # a scheduler moves the lr and keeps the configured one as initial_lr
+            group = optimizer.param_groups[0]  # (OneCycleLR starts from its own max_lr / div_factor instead)
             out.append(("the first param group's starting lr", group.get("initial_lr", group["lr"]), value))
         return out
     if part == "lr_scheduler":
@@ -255,8 +261,8 @@ def readings(cli, key: str, value, merged: dict) -> list[tuple[str, object, obje
     section, _, name = key.partition(".")
     if key == "seed_everything":
         return [("PL_GLOBAL_SEED", int(os.environ["PL_GLOBAL_SEED"]), value)]
-    if key == "test_after_fit":  # acted on after a full fit only: under fast_dev_run the parsed value is all there is
-        return [("the parsed config", cli.config.fit.test_after_fit, value)]
+    if key in ("test_after_fit", "test_tta"):  # acted on after a full fit only: under fast_dev_run the parsed
+        return [("the parsed config", cli.config.fit[key], value)]  # value is all there is
     if section == "data":
         return data_readings(cli, name, value, merged)
     if section == "model":
