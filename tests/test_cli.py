@@ -356,6 +356,8 @@ def test_monitor_keys_in_configs_are_logged_metrics():
     for config in CONFIGS:
         text = (REPO / config).read_text()
         for key in re.findall(r"monitor:\s*([\w/]+)", text):
+            if key == "null":  # a checkpoint that watches nothing (last.ckpt) is valid
+                continue
             assert key in logged, f"{config}: monitor {key!r} is not a logged metric"
 
 
