@@ -16,7 +16,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-images.tar.gz"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
+# src/ first: the runs measure this checkout's code, whichever cifarlit the environment has installed
+ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}", "NO_ALBUMENTATIONS_UPDATE": "1"}
 
 
 def data_dir(requested: str | None = None) -> tuple[Path, str]:

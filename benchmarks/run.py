@@ -17,6 +17,7 @@ from benchmarks import (  # noqa: E402
     loop_overhead,
     startup,
     step_overhead,
+    stream_cost,
     tricks,
 )  # fmt: skip
 
@@ -27,6 +28,7 @@ SUITES = {
     "augment_cost": augment_cost.run,
     "data_throughput": data_throughput.run,
     "startup": startup.run,
+    "stream_cost": stream_cost.run,
 }
 
 

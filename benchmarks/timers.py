@@ -41,3 +41,13 @@ class FirstStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0 and trainer.current_epoch == 0:
             print(f"FIRST_STEP_AT {time.time()}", flush=True)
+
+
+class PeakMemory(Callback):
+    """The process's peak resident memory at the end of fit (``ru_maxrss``: every page it ever held, the memory
+    maps of a stream's chunks included)."""
+
+    def on_fit_end(self, trainer, pl_module):
+        import resource
+
+        print(f"PEAK_RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}", flush=True)

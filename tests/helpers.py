@@ -108,3 +108,37 @@ class RankDrift(Callback):
             import torch
 
             torch.rand(1)
+
+
+class SeenImages(Callback):
+    """Records which images each process trained and validated on, epoch by epoch, as digests of the uint8 images
+    (the batches arrive normalized; the DataModule's statistics undo that exactly), and writes them to
+    ``CIFARLIT_TEST_OUT/seen_rank<N>.json`` when that is set."""
+
+    def __init__(self) -> None:
+        self.train: dict[int, list[str]] = {}
+        self.val: dict[int, list[str]] = {}
+
+    @staticmethod
+    def digests(trainer, x) -> list[str]:
+        import hashlib
+
+        import torch
+
+        from cifarlit.data import normalizer
+
+        scale, shift = (t.to(x.device) for t in normalizer(trainer.datamodule.mean, trainer.datamodule.std))
+        images = ((x - shift) / scale).round().to(torch.uint8).cpu()
+        return [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.train.setdefault(trainer.current_epoch, []).extend(self.digests(trainer, batch[0]))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self.val.setdefault(trainer.current_epoch, []).extend(self.digests(trainer, batch[0]))
+
+    def on_fit_end(self, trainer, pl_module):
+        if "CIFARLIT_TEST_OUT" in os.environ:
+            report = {"train": self.train, "val": self.val, "val_acc": float(trainer.callback_metrics["val/acc"])}
+            (out_dir() / f"seen_rank{trainer.global_rank}.json").write_text(json.dumps(report))

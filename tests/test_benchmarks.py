@@ -7,6 +7,7 @@ fastest epoch that is no slower than any epoch reported.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -18,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not part of the package
 
-from benchmarks import augment_cost, common, loop_overhead, plain_loop, startup, step_overhead  # noqa: E402
+from benchmarks import augment_cost, common, loop_overhead, plain_loop, startup, step_overhead, stream_cost  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each run is a fresh `cifarlit fit` process (~10 s of startup apiece)
 
@@ -134,6 +135,23 @@ def test_startup_times_the_first_step(pickle_root):
     fastest = min(runs)  # the reported seconds are the fastest run's
     assert fastest[0] - 0.005 <= row["seconds"] <= fastest[1] + 0.005
     assert all(row["seconds"] <= slow + 0.005 for _, slow in runs)
+
+
+def test_stream_cost_compares_epochs_and_the_peak_memory_of_1x_and_5x_streams(pickle_root, tmp_path):
+    rows = stream_cost.run(str(pickle_root), epochs=2, rounds=1, streams=tmp_path)
+    assert [r["benchmark"] for r in rows] == [
+        "stream_cost epoch (stream / in-memory)",
+        "stream_cost peak RSS (train split 5x / 1x)",
+    ]
+    assert all(set(row) == ROW_KEYS | {"ratio"} for row in rows)
+    epochs = spreads(rows[0]["detail"])
+    assert set(epochs) == {"streamed", "memory"} and "fastest of 2 / 2 epochs" in rows[0]["detail"]
+    assert_quotient(rows[0]["ratio"], shown(epochs["streamed"][0]), shown(epochs["memory"][0]))
+    five, one = (shown(t) for t in re.match(r"(\d+) MB vs (\d+) MB", rows[1]["detail"]).groups())
+    assert_quotient(rows[1]["ratio"], five, one)
+    assert "1x written in" in rows[1]["detail"] and "5x written in" in rows[1]["detail"]
+    sizes = [json.loads((p / "cifarlit-stream.json").read_text())["sizes"]["train"] for p in sorted(tmp_path.iterdir())]
+    assert sizes == [160, 800]  # the training split once, and five times
 
 
 def test_plain_loop_trains_the_same_split_and_reports_every_epoch(pickle_root, tmp_path):

@@ -126,15 +126,21 @@ class RunRecord(SaveConfigCallback):
             except PackageNotFoundError:
                 packages[name] = None
         dm = trainer.datamodule
+
+        def size(split: str) -> int | None:
+            if getattr(dm, "stream_sizes", None):  # a stream's len() is only this process's share under DDP
+                return dm.stream_sizes[split]
+            return len(getattr(dm, f"{split}_set")) if hasattr(dm, f"{split}_set") else None
+
         info = {
             "split_fingerprint": getattr(dm, "split_fingerprint", None),
-            "train_size": len(dm.train_set) if hasattr(dm, "train_set") else None,
-            "val_size": len(dm.val_set) if hasattr(dm, "val_set") else None,
-            "test_size": len(dm.test_set) if hasattr(dm, "test_set") else None,
+            "train_size": size("train"),
+            "val_size": size("val"),
+            "test_size": size("test"),
             "test_carved_from_train": getattr(dm, "test_idx", None) is not None,
             "classes": list(dm.classes) if hasattr(dm, "classes") else None,
             "data_dir": str(getattr(dm, "data_dir", "")),
-            "data_on_device": str(dm.train_set.x.device) if hasattr(dm, "train_set") else None,
+            "data_on_device": str(dm.train_set.x.device) if hasattr(getattr(dm, "train_set", None), "x") else None,
             "device": str(trainer.strategy.root_device),
             "python": platform.python_version(),
             "packages": packages,

@@ -1,5 +1,5 @@
-"""``cifarlit`` / ``python -m cifarlit``: LightningCLI with fit / validate / test / predict / explore, plus compare
-and export."""
+"""``cifarlit`` / ``python -m cifarlit``: LightningCLI with fit / validate / test / predict / explore, plus compare,
+export, tune and prepare."""
 
 from __future__ import annotations
 
@@ -139,6 +139,10 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
             from cifarlit.tune import main
 
             sys.exit(main(argv[1:], run_fit))
+        if argv[:1] == ["prepare"]:  # a dataset written once as LitData chunks: needs no model or trainer
+            from cifarlit.prepare import main
+
+            sys.exit(main(argv[1:]))
         if argv[:1] == ["export"]:  # a checkpoint in, one model file out: needs no data or trainer
             from cifarlit.export import main
 

@@ -119,6 +119,9 @@ class CIFAR10DataModule(L.LightningDataModule):
             CIFAR-10's 32x32 batches are resized (with antialiasing) when this is not 32. The networks get the
             shape from here (``model.image_shape`` is linked to it).
         channels: 3 (RGB) or 1 (gray).
+        stream: a dataset written by ``cifarlit prepare`` (a folder, or its copy at an ``s3://``-style URL):
+            train, val and test are streamed from its LitData chunks instead of held in memory, for datasets
+            larger than RAM (see :mod:`cifarlit.stream`). ``data_dir`` is then unused.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         predict_dir: str | None = None,
         image_size: int = 32,
         channels: Literal[1, 3] = 3,
+        stream: str | None = None,
     ) -> None:
         super().__init__()
         self.augment = augment or AugmentConfig()
@@ -175,6 +179,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
         _check_split_size(val_size, "data.val_size")
         _check_split_size(test_size, "data.test_size")
+        if stream is not None:
+            from cifarlit import stream as streams  # imports LitData: only for a stream
+
+            streams.check_options(self.hparams, self.augment_on_host)
         self.batch_augment = BatchAugment(self.augment)
         self.batch_mix: BatchMix | None = None  # built in setup, once the class count is known
         self.mean: torch.Tensor | None = None
@@ -189,6 +197,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         narrowed to ``keep_classes``."""
         if self._classes is not None:
             return self._classes
+        if self.hparams.stream is not None:
+            return self._stream_info().classes
         available = sources.class_names(self.data_dir)
         keep = self.hparams.keep_classes
         if keep is None:
@@ -221,6 +231,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             return
         if hasattr(self, "train_set"):  # testing after fit: loading again would only repeat the data's messages
             return
+        if self.hparams.stream is not None:  # prepared once by `cifarlit prepare`
+            return
         # Runs on one process per node: download/extract/decode-and-cache once, never racing between ranks.
         sources.ensure_available(self.data_dir, self.hparams.download)
         self._raw = self._load()  # decodes and caches image folders
@@ -233,6 +245,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         if stage == "predict" and self.hparams.predict_dir is not None:
             return  # read in predict_dataloader, once the checkpoint has said at which size
         if hasattr(self, "train_set"):
+            return
+        if self.hparams.stream is not None:
+            self._setup_stream()
             return
         # Rank 0 already loaded in prepare_data; other ranks (and direct setup() calls) read the cache.
         raw = getattr(self, "_raw", None) or self._load()
@@ -290,6 +305,28 @@ class CIFAR10DataModule(L.LightningDataModule):
             f"{len(raw.classes)} classes, split {self.split_fingerprint}"
         )
 
+    def _stream_info(self):
+        """What ``data.stream``'s ``cifarlit-stream.json`` says (read once)."""
+        if getattr(self, "_stream", None) is None:
+            from cifarlit import stream
+
+            self._stream = stream.read_info(self.hparams.stream)
+        return self._stream
+
+    def _setup_stream(self) -> None:
+        """LitData datasets of the prepared splits; the statistics and class names come with them."""
+        from cifarlit import stream
+
+        info = self._stream_info()
+        self.train_set, self.val_set, self.test_set = stream.open_splits(self.hparams, info)
+        self.mean, self.std, self.split_fingerprint = info.mean, info.std, info.split_fingerprint
+        self.stream_sizes = info.sizes  # the whole splits' (under DDP a stream's len() is this process's share)
+        self._affine(self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu"))
+        rank_zero_info(
+            f"data: streaming {info.sizes['train']} train / {info.sizes['val']} val / {info.sizes['test']} test "
+            f"images from {self.hparams.stream}, {len(info.classes)} classes, split {self.split_fingerprint}"
+        )
+
     def _keep_on(self, device: torch.device) -> bool:
         """Whether the datasets move to ``device``, by ``data.on_device`` (see the class docstring)."""
         want = self.hparams.on_device
@@ -326,6 +363,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         if workers > 0:
             # Leave the workers their cores: oversubscribed torch threads are the slowest thing on 2 cores.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+        if self.hparams.stream is not None:
+            from cifarlit import stream
+
+            shape, pin = self._stream_info().shape, self.hparams.pin_memory
+            # epochs the trainer has finished: right even before a resumed run's counters are settled
+            epoch = lambda: self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0  # noqa: E731
+            return stream.loader(dataset, shape, batch_size, workers, pin, epoch)
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         return DataLoader(
             dataset,

@@ -413,19 +413,23 @@ def resize_raw(raw: RawData, size: int, channels: int) -> RawData:
     antialiasing, turned gray with ITU-R 601 luma (what PIL's ``convert("L")`` uses)."""
     if raw.train_x.shape[1:] == (size, size, channels):
         return raw
+    return RawData(resize_images(raw.train_x, size, channels), raw.train_y, resize_images(raw.test_x, size, channels),
+                   raw.test_y, raw.classes, f"{raw.fingerprint}-{channels}x{size}")  # fmt: skip
+
+
+def resize_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` images as ``(N, size, size, channels)`` (see :func:`resize_raw`)."""
+    if x.shape[1:] == (size, size, channels):
+        return x
     import torch
     import torch.nn.functional as F
 
-    def convert(x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x).permute(0, 3, 1, 2).float()  # (N, H, W, C) -> (N, C, H, W)
-        if channels == 1 and t.shape[1] == 3:
-            t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        if t.shape[-1] != size:
-            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-    return RawData(convert(raw.train_x), raw.train_y, convert(raw.test_x), raw.test_y, raw.classes,
-                   f"{raw.fingerprint}-{channels}x{size}")  # fmt: skip
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float()  # (N, H, W, C) -> (N, C, H, W)
+    if channels == 1 and t.shape[1] == 3:
+        t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if t.shape[-1] != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _report_unreadable(unreadable: list[tuple[str, str]], where: str, skip: bool) -> None:

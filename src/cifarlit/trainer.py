@@ -167,6 +167,10 @@ class CifarTrainer(Trainer):
         """
         from cifarlit import report
 
+        if datamodule.hparams.stream is not None:
+            raise CifarlitError(
+                "explore describes a dataset held in memory: run it with data.data_dir, not data.stream."
+            )
         datamodule.prepare_data()
         datamodule.setup("fit")
         classes = datamodule.classes

@@ -1,0 +1,388 @@
+"""`cifarlit prepare`: write a dataset once as LitData chunks, to train on it without holding it in memory.
+
+    cifarlit prepare -c configs/default.yaml --data.data_dir ~/data/cifar10 --output ~/data/cifar10-stream
+    cifarlit fit -c configs/default.yaml --data.stream ~/data/cifar10-stream
+
+The splits are the in-memory path's: the same stratified train/val (and, for an image folder without ``test/``,
+test) split for the same ``data.val_size``, ``data.test_size`` and ``data.seed`` (read from the ``-c`` configs
+and the command line, as ``fit`` reads them), computed from the labels, which are listed without decoding an
+image. LitData's workers then read the images one file at a time (CIFAR-10's pickle format: one batch file at a
+time), so a folder larger than memory is never decoded at once; the training images are written in a seeded
+random order, so that every chunk is a random sample of the classes. The training split's normalization
+statistics come from one more pass over its chunks.
+
+Everything is written into a hidden folder next to ``--output`` and renamed into place once complete, with
+``cifarlit-stream.json`` (classes, statistics, image shape, split options and sizes) written last: a killed
+prepare leaves no ``--output``, and the next prepare removes what it left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifarlit import sources, stream
+from cifarlit.data import CIFAR10DataModule, _check_split_size, _count_or_fraction, _stratified_split, split_fingerprint
+from cifarlit.errors import CifarlitError, report
+from cifarlit.sources import DataError
+
+OPTIONS = ("data_dir", "download", "val_size", "test_size", "seed", "image_size", "channels")  # decide what is written
+PARTIAL = "partial-"  # ".<output name>.partial-<host>-<pid>": the stream being written
+UNREADABLE = "unreadable"  # a folder in the partial stream where the readers list the files they cannot decode
+# 16 MB chunks: LitData maps a few chunks at a time (4 on a local disk), so this bounds the memory a stream adds
+# to a run whatever the dataset's size (benchmarks/README.md, "Streaming"); each holds ~5,000 CIFAR images.
+CHUNK_BYTES = "16MB"
+
+
+@dataclass
+class Listing:
+    """A dataset's labels and the jobs that read its images, listed without decoding any."""
+
+    classes: tuple[str, ...]
+    fingerprint: str  # the in-memory path's fingerprint of the same files
+    train_labels: np.ndarray
+    test_labels: np.ndarray | None  # None: no test split of its own, one is carved from train
+    shape: tuple[int, int, int]  # (C, H, W) of every image
+    source: str  # "folder" or "pickle"
+    train_paths: list[str] = field(default_factory=list)  # an image folder's files, by position
+    test_paths: list[str] = field(default_factory=list)
+    batches: list[tuple[str, int]] = field(default_factory=list)  # pickle: (train batch file, its first position)
+    test_batch: str = ""
+
+
+def list_dataset(root: Path, size: int = sources.CIFAR_SIZE, channels: int = 3) -> Listing:
+    """Classes, labels and file fingerprint of an image folder or CIFAR-10's pickle batches, as the in-memory path
+    sees them at ``size`` x ``size`` and ``channels`` (tests/test_stream.py checks that both give the same
+    split)."""
+    if sources.detect_format(root) == "pickle":
+        return _list_pickle(root / sources.PICKLE_DIR, sources.class_names(root), size, channels)
+    classes = sources.folder_classes(root)
+    train = sources._list_split(root / "train", classes)
+    test = None
+    if (root / "test").is_dir():
+        if sources._class_dirs(root / "test") != classes:
+            raise DataError(
+                f"class folders differ between {root / 'train'} {list(classes)} and {root / 'test'} "
+                f"{list(sources._class_dirs(root / 'test'))}: give both the same classes."
+            )
+        test = sources._list_split(root / "test", classes)
+    rel = len(str(root)) + 1  # as sources.load_image_folder: the fingerprint must not change when the folder moves
+    listing = [(path[rel:], size, mtime) for items in (train, test or []) for path, _, size, mtime in items]
+    return Listing(
+        classes=classes,
+        fingerprint=sources._fingerprint([classes, (size, channels), *listing]),
+        train_labels=np.array([item[1] for item in train], dtype=np.int64),
+        test_labels=None if test is None else np.array([item[1] for item in test], dtype=np.int64),
+        shape=(channels, size, size),
+        source="folder",
+        train_paths=[item[0] for item in train],
+        test_paths=[item[0] for item in test or []],
+    )
+
+
+def _list_pickle(folder: Path, classes: tuple[str, ...], size: int, channels: int) -> Listing:
+    files = sorted(folder.glob("data_batch_*"))
+    if not files or not (folder / "test_batch").is_file():
+        raise DataError(f"{folder} must contain data_batch_1..5 and test_batch; extract or download CIFAR-10 again.")
+    labels, batches, start = [], [], 0
+    for path in files:  # one batch file in memory at a time, for its labels
+        y = sources._read_batch(path)[1]
+        labels.append(y)
+        batches.append((str(path), start))
+        start += len(y)
+    test_labels = sources._read_batch(folder / "test_batch")[1]
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in [*files, folder / "test_batch"]]
+    fingerprint = sources._fingerprint(stats)  # as sources.load_pickle_batches, and resize_raw for another shape
+    if (size, channels) != (sources.CIFAR_SIZE, 3):
+        fingerprint = f"{fingerprint}-{channels}x{size}"
+    return Listing(
+        classes=classes,
+        fingerprint=fingerprint,
+        train_labels=np.concatenate(labels),
+        test_labels=test_labels,
+        shape=(channels, size, size),
+        source="pickle",
+        batches=batches,
+        test_batch=str(folder / "test_batch"),
+    )
+
+
+def split_positions(labels: np.ndarray, carve_test: bool, val_size, test_size, seed: int, where: Path) -> tuple:
+    """``(train, val, test or None)`` positions in ``labels``: the steps of ``CIFAR10DataModule.setup``."""
+    min_per_class = np.bincount(labels).min() if len(labels) else 0
+    if min_per_class < (3 if carve_test else 2):
+        raise DataError(
+            f"the training set in {where} has a class with {min_per_class} image(s); a stratified "
+            f"train/val{'/test' if carve_test else ''} split needs at least {3 if carve_test else 2} per class."
+        )
+    pool, test_idx = np.arange(len(labels)), None
+    if carve_test:
+        keep, held = _stratified_split(labels, test_size, seed, "data.test_size")
+        pool, test_idx = pool[keep], pool[held]
+    keep, held = _stratified_split(labels[pool], val_size, seed, "data.val_size")
+    return pool[keep], pool[held], test_idx
+
+
+class _Reader:
+    """LitData's ``fn``: one job -> ``(CHW uint8 image bytes, label)`` items. A job is an image file, or a pickle
+    batch file with the positions to take from it. Files that cannot be decoded are listed, not written: the
+    stream is then refused as a whole (LitData waits forever for a worker whose ``fn`` raises)."""
+
+    def __init__(self, jobs: list[tuple], unreadable_dir: str, shape: tuple[int, int, int]) -> None:
+        self.jobs, self.unreadable_dir = jobs, unreadable_dir
+        self.channels, self.size = shape[0], shape[1]
+
+    def __call__(self, job: int):
+        path, what = self.jobs[job]
+        if isinstance(what, list):  # a pickle batch: [(position in the file, label), ...]
+            x = sources._read_batch(Path(path))[0][[position for position, _ in what]]  # (n, 32, 32, 3)
+            if x.shape[1:] != (self.size, self.size, self.channels):
+                # one torch thread, as in DataLoader workers: a forked child inherits a dead OpenMP pool and hangs
+                torch.set_num_threads(1)
+                x = sources.resize_images(x, self.size, self.channels)  # as resize_raw does in memory
+            for image, (_, label) in zip(x, what, strict=True):
+                yield np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes(), label
+            return
+        try:
+            image = sources.decode(path, self.size, self.channels)
+        except Exception as err:  # PIL raises several types for damaged files
+            with open(os.path.join(self.unreadable_dir, f"{os.getpid()}.txt"), "a") as f:
+                f.write(f"{path}\t{err.__class__.__name__}\n")
+            return
+        yield np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes(), what  # (H, W, C) -> (C, H, W)
+
+
+def _jobs(listing: Listing, positions: np.ndarray, test: bool = False) -> list[tuple]:
+    """Jobs that write the images at ``positions`` (of train, or of the official test set) in that order; a pickle
+    batch is read once for all its images, in their order within ``positions``."""
+    if listing.source == "folder":
+        paths = listing.test_paths if test else listing.train_paths
+        labels = listing.test_labels if test else listing.train_labels
+        return [(paths[i], int(labels[i])) for i in positions]
+    if test:
+        return [(listing.test_batch, [(int(i), int(listing.test_labels[i])) for i in positions])]
+    jobs = []
+    ends = [start for _, start in listing.batches[1:]] + [len(listing.train_labels)]
+    for (path, start), end in zip(listing.batches, ends, strict=True):
+        mine = positions[(positions >= start) & (positions < end)]  # keeps the order of `positions`
+        jobs.append((path, [(int(i - start), int(listing.train_labels[i])) for i in mine]))
+    return jobs
+
+
+def _write(jobs: list[tuple], out: Path, num_workers: int, chunk_bytes: str, shape: tuple[int, int, int]) -> None:
+    import litdata
+
+    (out.parent / UNREADABLE).mkdir(exist_ok=True)
+    start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-import per worker
+    with contextlib.redirect_stdout(io.StringIO()):  # LitData's chatter; its progress bar is on stderr
+        litdata.optimize(
+            fn=_Reader(jobs, str(out.parent / UNREADABLE), shape),
+            inputs=list(range(len(jobs))),
+            output_dir=str(out),
+            chunk_bytes=chunk_bytes,
+            num_workers=max(1, min(num_workers, len(jobs))),
+            reorder_files=False,
+            keep_data_ordered=True,  # the images of val and test stay in their order: predict's ids are positions
+            start_method=start,
+            verbose=True,
+        )
+
+
+def _train_stats(train_dir: Path, shape: tuple[int, int, int]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of the written training split, exact, as ``data.channel_stats``: one
+    256-bin histogram per channel, a batch at a time."""
+    import functools
+
+    from litdata import StreamingDataLoader, StreamingDataset
+
+    loader = StreamingDataLoader(
+        StreamingDataset(str(train_dir)), batch_size=1000, collate_fn=functools.partial(stream.collate, shape=shape)
+    )
+    hist = torch.zeros(shape[0], 256, dtype=torch.int64)
+    for x, _ in loader:
+        for c in range(shape[0]):
+            hist[c] += torch.bincount(x[:, c].reshape(-1), minlength=256)
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    p = hist.double() / hist.sum(1, keepdim=True)
+    mean = (p * levels).sum(1)
+    std = (p * (levels - mean[:, None]) ** 2).sum(1).sqrt().clamp_min(1e-3)  # 1e-3 as in data.channel_stats
+    return mean.float().tolist(), std.float().tolist()
+
+
+def _remove_leftovers(output: Path) -> None:
+    """The partial streams of prepares on this machine that were killed while writing ``output``."""
+    prefix = f".{output.name}.{PARTIAL}"
+    for entry in output.parent.glob(f"{prefix}*"):
+        if sources._left_by_dead_process(entry.name.removeprefix(prefix)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _up_to_date(output: Path, fingerprint: str, repeat: int) -> bool:
+    """Whether ``output`` is a finished stream of this split (with as many copies of train)."""
+    try:
+        meta = json.loads((output / stream.META_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("split_fingerprint") == fingerprint and meta.get("repeat") == repeat
+
+
+def prepare(
+    data_dir: Path, output: Path, val_size=0.2, test_size=0.2, seed: int = 42, download: bool = True,
+    num_workers: int = 1, chunk_bytes: str = CHUNK_BYTES, repeat: int = 1, overwrite: bool = False,
+    image_size: int = sources.CIFAR_SIZE, channels: int = 3,
+) -> Path:  # fmt: skip
+    """Write ``data_dir``'s train/val/test split as a stream in ``output`` (see the module docstring)."""
+    val_size, test_size = _count_or_fraction(val_size), _count_or_fraction(test_size)
+    _check_split_size(val_size, "data.val_size")
+    _check_split_size(test_size, "data.test_size")
+    if stream.is_url(str(output)):
+        raise DataError(
+            f"--output {output}: prepare writes a local folder; copy it to object storage afterwards (its "
+            f"{stream.META_NAME} last) and pass that URL as data.stream."
+        )
+    if repeat < 1:
+        raise DataError(f"--repeat {repeat} is not valid: use 1 or more copies of the training split.")
+    if image_size < 1 or channels not in (1, 3):
+        raise DataError(
+            f"data.image_size={image_size} / data.channels={channels} is not valid: use a size of 1 or more and 1 "
+            "(gray) or 3 (RGB) channels."
+        )
+    sources.ensure_available(data_dir, download)
+    listing = list_dataset(data_dir, image_size, channels)
+    carve_test = listing.test_labels is None
+    positions = split_positions(listing.train_labels, carve_test, val_size, test_size, seed, data_dir)
+    train_idx, val_idx, test_idx = positions
+    fingerprint = split_fingerprint(train_idx, val_idx, listing.fingerprint, test_idx)
+    output = output.expanduser().absolute()
+    if output.exists():
+        if _up_to_date(output, fingerprint, repeat) and not overwrite:
+            print(f"prepare: {output} already holds this split ({fingerprint}); nothing to do.")
+            return output
+        if not overwrite:
+            raise DataError(
+                f"--output {output} exists and is not a stream of this split: delete it, choose another folder, "
+                "or pass --overwrite to replace it."
+            )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(output)
+    partial = output.parent / f".{output.name}.{PARTIAL}{sources._owner()}"
+    rng = np.random.default_rng(seed)
+    # the training images in a random order (a new one for each copy): LitData shuffles chunks and within them
+    train_order = np.concatenate([rng.permutation(train_idx) for _ in range(repeat)])
+    plan = {
+        "train": _jobs(listing, train_order),
+        "val": _jobs(listing, val_idx),
+        "test": _jobs(listing, test_idx) if carve_test else _jobs(listing, np.arange(len(listing.test_labels)), True),
+    }
+    sizes = {name: sum(len(what) if isinstance(what, list) else 1 for _, what in jobs) for name, jobs in plan.items()}
+    try:
+        partial.mkdir()
+        for name, jobs in plan.items():
+            print(f"prepare: {name}: {sizes[name]} images -> {output / name}", flush=True)
+            _write(jobs, partial / name, num_workers, chunk_bytes, listing.shape)
+        _refuse_unreadable(partial / UNREADABLE, data_dir)
+        shutil.rmtree(partial / UNREADABLE)
+        mean, std = _train_stats(partial / "train", listing.shape)
+        meta = {
+            "format": stream.FORMAT, "version": stream.VERSION, "classes": list(listing.classes),
+            "mean": mean, "std": std, "shape": list(listing.shape), "sizes": sizes, "repeat": repeat,
+            "val_size": val_size, "test_size": test_size if carve_test else None, "seed": seed,
+            "split_fingerprint": fingerprint, "data_dir": str(data_dir), "chunk_bytes": chunk_bytes,
+        }  # fmt: skip
+        (partial / stream.META_NAME).write_text(json.dumps(meta, indent=1) + "\n")  # last: it marks the stream done
+        _publish(partial, output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # only still there when something failed
+    print(f"prepare: done: {output} (split {fingerprint}); train with --data.stream {output}")
+    return output
+
+
+def _refuse_unreadable(folder: Path, data_dir: Path) -> None:
+    found = [line.split("\t") for f in sorted(folder.glob("*.txt")) for line in f.read_text().splitlines()]
+    rel = len(str(data_dir)) + 1
+    unreadable = sorted((path[rel:] if path.startswith(str(data_dir)) else path, why) for path, why in found)
+    if unreadable:
+        sources._report_unreadable(unreadable, str(data_dir), skip=False)  # raises, naming them
+
+
+def _publish(partial: Path, output: Path) -> None:
+    """Rename the finished stream into place (replacing an old one, which is removed only afterwards)."""
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{sources._owner()}"
+        os.replace(output, old)
+    os.replace(partial, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _config_values(files: list[str]) -> dict:
+    """The split options in the ``data:`` sections of ``-c`` config files, later files winning."""
+    import yaml
+
+    values = {}
+    for file in files:
+        try:
+            config = yaml.safe_load(Path(file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise CifarlitError(f"-c {file} cannot be read ({err.__class__.__name__}): pass a YAML config.") from None
+        values.update({k: v for k, v in (config.get("data") or {}).items() if k in OPTIONS})
+    return values
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cifarlit prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", action="append", default=[], help="a fit config; its data.* split "
+                        "options are read (later files and the options below win)")  # fmt: skip
+    parser.add_argument("--output", required=True, type=Path, help="the folder to write (then --data.stream)")
+    parser.add_argument("--data.data_dir", dest="data_dir", help="the dataset, as for fit")
+    parser.add_argument("--data.download", dest="download", choices=["true", "false"], help="as for fit")
+    parser.add_argument("--data.val_size", dest="val_size", type=_number, help="as for fit: a fraction or a count")
+    parser.add_argument("--data.test_size", dest="test_size", type=_number, help="as for fit (folders without test/)")
+    parser.add_argument("--data.seed", dest="seed", type=int, help="as for fit: the seed of the split")
+    parser.add_argument("--data.image_size", dest="image_size", type=int, help="as for fit: the side images get")
+    parser.add_argument("--data.channels", dest="channels", type=int, help="as for fit: 3 (RGB) or 1 (gray)")
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="LitData worker "
+                        "processes that decode and write (default: one per core, at most 8)")  # fmt: skip
+    parser.add_argument("--chunk_bytes", default=CHUNK_BYTES, help=f"LitData chunk size (default {CHUNK_BYTES})")
+    parser.add_argument("--repeat", type=int, default=1, help="write the training split this many times (to "
+                        "measure a dataset N times larger; benchmarks/stream_cost.py)")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing stream at --output")
+    args = parser.parse_args(argv)
+    signature = inspect.signature(CIFAR10DataModule.__init__).parameters
+    defaults = {name: signature[name].default for name in OPTIONS}  # fit's defaults
+    try:
+        given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+        options = {**defaults, **_config_values(args.config), **given}
+        download = options["download"] not in (False, "false")
+        prepare(
+            Path(options["data_dir"]).expanduser(), args.output, options["val_size"], options["test_size"],
+            int(options["seed"]), download, args.num_workers, args.chunk_bytes, args.repeat, args.overwrite,
+            int(options["image_size"]), int(options["channels"]),
+        )  # fmt: skip
+    except CifarlitError as err:
+        return report(err)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Streaming train/val/test from LitData chunks written by ``cifarlit prepare``: datasets larger than memory.
+
+A prepared stream is a folder (or a copy of it in object storage: ``s3://``, ``gs://``, ...) holding one LitData
+dataset per split, ``train/``, ``val/`` and ``test/``, each item a uint8 ``(C, H, W)`` image (its raw bytes) and
+its label, and ``cifarlit-stream.json``: the class names, the training split's normalization statistics, the
+image shape, the split's options and sizes. ``prepare`` writes that file last and renames the finished folder
+into place, so a folder without it is refused: a killed prepare is never trusted.
+
+Training reads the chunks in LitData's shuffled order (the chunks' order, then a full permutation inside each
+chunk; ``prepare`` wrote the training images in a seeded random order, so every chunk is a random sample of the
+classes), seeded by the training seed (``seed_everything``) and the epoch. Only a few chunks are mapped at a
+time, so memory does not grow with the dataset. Batches are uint8, and the DataModule's batched augmentation and
+normalization run after the transfer, as for the in-memory data.
+
+Under DDP each process streams its own part: LitData splits the split between the processes (Lightning's
+``DistributedSampler`` never wraps an iterable dataset), image by image, and every process makes the same number
+of batches (see :func:`batch_plan`): each image is used exactly once per epoch, in training as in val, test and
+predict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # LitData must never ask PyPI for a newer version
+
+import torch  # noqa: E402
+from litdata import StreamingDataset  # noqa: E402
+from litdata.streaming.downloader import get_downloader  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
+
+from cifarlit.loaders import worker_init  # noqa: E402
+from cifarlit.sources import DataError  # noqa: E402
+
+META_NAME = "cifarlit-stream.json"  # written last: a folder without it is not a finished stream
+FORMAT = "cifarlit-stream"
+VERSION = 1
+SPLITS = ("train", "val", "test")
+URL_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # LitData's object stores ("local:" for tests)
+HOW_TO_PREPARE = "write one with `cifarlit prepare --data.data_dir <dataset> --output <folder>`"
+
+
+def is_url(stream: str) -> bool:
+    return stream.startswith(URL_PREFIXES)
+
+
+def split_location(stream: str, split: str) -> str:
+    """Where a split's LitData dataset lives: a sub-folder, or the same path under the URL."""
+    return f"{stream.rstrip('/')}/{split}" if is_url(stream) else str(Path(stream).expanduser() / split)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What ``cifarlit-stream.json`` records about a prepared stream."""
+
+    classes: tuple[str, ...]
+    mean: torch.Tensor
+    std: torch.Tensor
+    shape: tuple[int, int, int]  # (C, H, W) of every image
+    sizes: dict[str, int]  # images per split, the training split with its repeats
+    val_size: int | float
+    test_size: int | float | None  # None: the dataset has its own test split
+    seed: int
+    split_fingerprint: str  # the in-memory path's, for the same data and options
+
+
+def read_info(stream: str) -> StreamInfo:
+    """The checked contents of ``stream``'s ``cifarlit-stream.json``; a DataError when it is not a finished stream."""
+    option = f"data.stream={stream!r}"
+    try:
+        text = _read_meta(stream)
+    except FileNotFoundError:
+        raise DataError(
+            f"{option} is not a prepared stream (it has no {META_NAME}, which `cifarlit prepare` writes last, so a "
+            f"killed or partial prepare is refused): {HOW_TO_PREPARE}."
+        ) from None
+    except Exception as err:  # object stores raise many types (no access, no bucket, no network)
+        raise DataError(f"{option}: cannot read {META_NAME} ({err.__class__.__name__}: {err}).") from None
+    try:
+        meta = json.loads(text)
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+        return StreamInfo(
+            classes=tuple(str(c) for c in meta["classes"]),
+            mean=torch.tensor(meta["mean"], dtype=torch.float32),
+            std=torch.tensor(meta["std"], dtype=torch.float32),
+            shape=tuple(int(s) for s in meta["shape"]),
+            sizes={split: int(meta["sizes"][split]) for split in SPLITS},
+            val_size=meta["val_size"],
+            test_size=meta["test_size"],
+            seed=int(meta["seed"]),
+            split_fingerprint=str(meta["split_fingerprint"]),
+        )
+    except Exception as err:  # a damaged or foreign file
+        raise DataError(
+            f"{option}: {META_NAME} is not a cifarlit {VERSION} stream description ({err.__class__.__name__}: "
+            f"{err}); prepare it again with this version of cifarlit."
+        ) from None
+
+
+def _read_meta(stream: str) -> str:
+    if not is_url(stream):
+        return (Path(stream).expanduser() / META_NAME).read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, META_NAME)
+        get_downloader(stream, tmp, []).download_file(f"{stream.rstrip('/')}/{META_NAME}", local)
+        return Path(local).read_text()
+
+
+def check_options(hparams, augment_on_host: bool) -> None:
+    """Refuse the DataModule options that need the images in memory."""
+    for option, instead in (
+        ("train_subset", "debug on data.data_dir, or prepare a smaller dataset"),
+        ("val_subset", "debug on data.data_dir, or prepare a smaller dataset"),
+        ("keep_classes", "prepare a dataset folder with only those classes' sub-folders"),
+    ):
+        if hparams[option] is not None:
+            raise DataError(
+                f"data.{option}={hparams[option]} cannot be used with data.stream, which reads whole chunks, not "
+                f"chosen images: {instead}."
+            )
+    if hparams.on_device is True:
+        raise DataError(
+            "data.on_device=true cannot be used with data.stream, which reads the images batch by batch: use "
+            "data.on_device auto (ignored for a stream) or false."
+        )
+    if augment_on_host:
+        raise DataError(
+            "data.augment.backend=albumentations cannot be used with data.stream: use data.augment.backend batched "
+            "(the same presets, on the whole batch after the transfer)."
+        )
+
+
+def check_split(
+    stream: str, info: StreamInfo, val_size, test_size, seed: int, image_size: int = 32, channels: int = 3
+) -> None:
+    """The stream must hold the split this run asks for: the same options the in-memory path would split with,
+    and images of the shape the network is built for."""
+    asked = {"data.val_size": val_size, "data.seed": seed, "data.image_size": image_size, "data.channels": channels}
+    written = {"data.val_size": info.val_size, "data.seed": info.seed, "data.image_size": info.shape[1],
+               "data.channels": info.shape[0]}  # fmt: skip
+    if info.test_size is not None:  # carved from train/: its size moves the split too
+        asked["data.test_size"], written["data.test_size"] = test_size, info.test_size
+    differ = [name for name in asked if asked[name] != written[name]]
+    if differ:
+        show = lambda d: ", ".join(f"{name}={d[name]}" for name in differ)  # noqa: E731
+        raise DataError(
+            f"data.stream={stream!r} was prepared with {show(written)}, but this run asks for {show(asked)}: pass "
+            "the same options (or the same -c config) to `cifarlit prepare` and to this command."
+        )
+
+
+def open_split(stream: str, split: str, info: StreamInfo, shuffle: bool = False, seed: int = 0) -> StreamingDataset:
+    """The LitData dataset of one split, checked against the size ``prepare`` recorded for it."""
+    location = split_location(stream, split)
+    # Training: a full permutation inside each chunk (LitData's default shuffles blocks of 256 neighbours), read
+    # item by item; in-chunk windows only pay for sequential reads (benchmarks/README.md, "Streaming").
+    window = {"item_shuffle_window": 0, "batch_decode": 0} if shuffle else {}
+    try:
+        dataset = StreamingDataset(location, shuffle=shuffle, seed=seed, **window)  # drop_last: see batch_plan
+    except (ValueError, FileNotFoundError, AssertionError) as err:  # LitData's words for a missing or empty index
+        raise DataError(
+            f"data.stream={stream!r}: the {split} split cannot be read ({str(err).splitlines()[0]}); the stream is "
+            f"incomplete: {HOW_TO_PREPARE} again."
+        ) from None
+    found = sum(end - start for start, end in dataset.region_of_interest)
+    if found != info.sizes[split]:
+        raise DataError(
+            f"data.stream={stream!r}: the {split} split holds {found} images, but {META_NAME} says "
+            f"{info.sizes[split]}: the stream is incomplete or mixed with another one; {HOW_TO_PREPARE} again."
+        )
+    return dataset
+
+
+def open_splits(hparams, info: StreamInfo) -> tuple[StreamingDataset, StreamingDataset, StreamingDataset]:
+    """The train (shuffled), val and test datasets of ``hparams.stream``, checked against the split asked for."""
+    check_split(hparams.stream, info, hparams.val_size, hparams.test_size, hparams.seed, hparams.image_size,
+                hparams.channels)  # fmt: skip
+    train = open_split(hparams.stream, "train", info, shuffle=True, seed=shuffle_seed(hparams.seed))
+    return train, open_split(hparams.stream, "val", info), open_split(hparams.stream, "test", info)
+
+
+def collate(items: list[tuple[bytes, int]], shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image bytes, label)`` items -> uint8 ``(B, C, H, W)`` images and int64 labels, one copy of the pixels."""
+    x = torch.frombuffer(bytearray().join(image for image, _ in items), dtype=torch.uint8)
+    return x.view(len(items), *shape), torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+def batch_plan(dataset: StreamingDataset, num_workers: int, batch_size: int) -> list[list[int]]:
+    """The batch sizes of each DataLoader worker of this process, for one epoch.
+
+    LitData shares the split out image by image (its "batch" set to 1, nothing dropped) between the processes
+    and their workers. Each worker slot then makes as many batches as the fullest share of that slot on any
+    process needs, splitting its own share evenly (at most ``batch_size`` images a batch): every image is used
+    once, and every process makes the same number of steps, which DDP needs (a process with one batch more
+    would wait forever for the others at its gradient all-reduce). Without DDP an epoch is
+    ``ceil(n / batch_size)`` batches as with the in-memory loaders, of equal sizes rather than full ones plus
+    a remainder, so none holds a single image (BatchNorm cannot normalize one in training mode).
+    """
+    workers = max(1, num_workers)
+    dataset.set_drop_last(False)
+    dataset.get_len(workers, 1)  # sets LitData's worker count and "batch" size, and builds its plan
+    env = dataset.distributed_env
+    _, intervals = dataset.shuffler.get_chunks_and_intervals_per_workers(env, workers, 1, dataset.current_epoch)
+    shares = [sum(end - start for _, start, end, _ in worker) for worker in intervals]  # process-major
+    plan = []
+    for slot in range(workers):
+        share = shares[slot::workers]  # this worker slot on each process
+        batches = max(1, -(-max(share) // batch_size))
+        if min(share) < batches:
+            raise DataError(
+                f"a split of {sum(shares)} images cannot be shared between {env.world_size} process(es) x "
+                f"{workers} worker(s) in {batches} batch(es) each: use fewer processes or data.num_workers."
+            )
+        plan.append([len(part) for part in torch.arange(share[env.global_rank]).tensor_split(batches)])
+    return plan
+
+
+class _Batches(IterableDataset):
+    """A worker's share of a split (LitData's), in the batches planned for that worker."""
+
+    def __init__(self, dataset: StreamingDataset, plan: list[list[int]], shape: tuple[int, int, int]) -> None:
+        self.dataset, self.plan, self.shape = dataset, plan, shape
+
+    def __len__(self) -> int:
+        return sum(len(sizes) for sizes in self.plan)
+
+    def __iter__(self):
+        items = iter(self.dataset)  # LitData picks this worker's share, in this epoch's order
+        sizes = self.plan[self.dataset.worker_env.rank]
+        if sum(sizes) != self.dataset.stop_length:  # the plan must be LitData's own
+            raise RuntimeError(f"LitData gave this worker {self.dataset.stop_length} images, not {sum(sizes)}")
+        for size in sizes:
+            yield collate([next(items) for _ in range(size)], self.shape)
+
+
+class StreamLoader(DataLoader):
+    """Batches of one split of a stream, one epoch per iteration; ``epoch()``, asked as each epoch starts, seeds
+    that epoch's order (the DataModule passes the number of epochs the trainer has finished, which a resumed
+    run restores: it reads what the uninterrupted run read)."""
+
+    def __init__(self, batches: _Batches, batch_size: int, epoch: Callable[[], int], **kwargs) -> None:
+        super().__init__(batches, batch_size=None, **kwargs)
+        self.images_per_batch, self.epoch = batch_size, epoch
+
+    def __iter__(self):
+        batches = self.dataset
+        batches.dataset.set_epoch(self.epoch() + 1)  # LitData counts epochs from 1
+        batches.plan = batch_plan(batches.dataset, self.num_workers, self.images_per_batch)  # this epoch's shares
+        return super().__iter__()  # the workers start now, with this epoch's order and plan
+
+
+def loader(
+    dataset: StreamingDataset, shape: tuple[int, int, int], batch_size: int, num_workers: int, pin_memory: bool,
+    epoch: Callable[[], int] = lambda: 0,
+) -> StreamLoader:  # fmt: skip
+    """Training batches (a shuffled ``dataset``), or val/test/predict batches read in this process, in the stored
+    order (predict's ids are positions in it). Workers start afresh each epoch: persistent ones would keep the
+    previous epoch's order."""
+    num_workers = num_workers if dataset.shuffle else 0
+    plan = batch_plan(dataset, num_workers, batch_size)
+    return StreamLoader(
+        _Batches(dataset, plan, shape),
+        batch_size,
+        epoch,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=worker_init if num_workers > 0 else None,
+    )
+
+
+def shuffle_seed(data_seed: int) -> int:
+    """The training seed (``seed_everything``, which Lightning leaves in ``PL_GLOBAL_SEED`` for every process), or
+    without one ``data.seed``: all processes of a DDP run must draw the same order."""
+    return int(os.environ.get("PL_GLOBAL_SEED", data_seed))
