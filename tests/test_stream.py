@@ -317,3 +317,18 @@ def test_ddp_two_processes_train_on_every_image_once_per_epoch(pickle_stream, pi
         assert sorted(r0["val"][epoch] + r1["val"][epoch]) == sorted(val)  # metrics count each val image once
     assert r0["train"]["0"] != r0["train"]["1"]  # reshuffled each epoch
     assert r0["val_acc"] == r1["val_acc"]  # synced metrics
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_epochs_read_in_this_process_leave_no_chunk_file_open(pickle_stream):
+    dm = CIFAR10DataModule(stream=str(pickle_stream), batch_size=16)
+    dm.setup("fit")
+    loaders = (dm.train_dataloader(), dm.val_dataloader())
+    for loader in loaders:
+        next(iter(loader))  # an epoch left unfinished (limit_*_batches) closes its chunks too
+    opened = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        for loader in loaders:
+            for _ in loader:
+                pass
+    assert len(os.listdir("/proc/self/fd")) <= opened

@@ -235,8 +235,20 @@ class _Batches(IterableDataset):
         sizes = self.plan[self.dataset.worker_env.rank]
         if sum(sizes) != self.dataset.stop_length:  # the plan must be LitData's own
             raise RuntimeError(f"LitData gave this worker {self.dataset.stop_length} images, not {sum(sizes)}")
-        for size in sizes:
-            yield collate([next(items) for _ in range(size)], self.shape)
+        try:
+            for size in sizes:
+                yield collate([next(items) for _ in range(size)], self.shape)
+        finally:
+            # LitData makes a new reader every epoch and leaves the old one's last chunk files open: without
+            # this, a process reading in the main process (val, test, workers=0) gains open files every epoch.
+            _close_chunks(self.dataset)
+
+
+def _close_chunks(dataset: StreamingDataset) -> None:
+    reader = getattr(getattr(dataset, "cache", None), "_reader", None)
+    item_loader = getattr(reader, "_item_loader", None)
+    if item_loader is not None:
+        item_loader.close(0)  # LitData's loaders close whatever chunk is open, whichever index is named
 
 
 class StreamLoader(DataLoader):
