@@ -132,7 +132,11 @@ class NaNAtStep(LitMLP):
         return logits * float("nan") if self.training and self.global_step == 4 else logits
 
 
-def test_nan_loss_stops_before_a_checkpoint_and_keeps_the_last_good_one(pickle_root, tmp_path):
+@pytest.mark.parametrize("pack_steps", [256, 1])  # 1: the step is found in stacked tallies too
+def test_nan_loss_stops_before_a_checkpoint_and_keeps_the_last_good_one(pack_steps, pickle_root, tmp_path, monkeypatch):
+    from cifarlit import model as model_module
+
+    monkeypatch.setattr(model_module, "PACK_STEPS", pack_steps)
     L.seed_everything(0)
     dm = CIFAR10DataModule(str(pickle_root), download=False, batch_size=64)  # 3 steps per epoch
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)

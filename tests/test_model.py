@@ -186,9 +186,14 @@ def test_torch_compile_gives_the_same_outputs_and_state_dict_keys():
     torch.testing.assert_close(compiled(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
-def test_epoch_metrics_are_exact_means_over_images_with_uneven_batches(tmp_path):
+@pytest.mark.parametrize("pack_steps", [256, 2])  # 2: the 11 batches' tallies are stacked along the way
+def test_epoch_metrics_are_exact_means_over_images_with_uneven_batches(pack_steps, tmp_path, monkeypatch):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
+
+    from cifarlit import model as model_module
+
+    monkeypatch.setattr(model_module, "PACK_STEPS", pack_steps)
 
     torch.manual_seed(0)
     model = LitMLP(hidden_sizes=[8], num_classes=3, image_shape=(3, 4, 4))

@@ -24,6 +24,20 @@ STAGES = ("train", "val", "test")
 NetFactory = Callable[[int, tuple[int, int, int]], nn.Module]  # (num_classes, image_shape) -> network
 
 
+# Steps whose tallies are stacked into one: a list of a tensor pair per step, held until the epoch ends, grew the
+# process by ~70 kB a step when batches came from a stream (fragmented small allocations; benchmarks/README.md,
+# "Streaming"), so a larger dataset took more memory.
+PACK_STEPS = 256
+
+
+def _pack(tally: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per-step ``(loss, correct, count)`` tallies (or stacks of them) as one stack: losses, correct, counts."""
+    losses = torch.cat([loss.reshape(-1) for loss, _, _ in tally])
+    correct = torch.cat([right.reshape(-1) for _, right, _ in tally])
+    counts = [n for _, _, count in tally for n in (count if isinstance(count, list) else [count])]
+    return losses, correct, counts
+
+
 class LitMLP(L.LightningModule):
     """Trains a classifier network; the network, optimizer and LR scheduler come from the config.
 
@@ -99,7 +113,9 @@ class LitMLP(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric(nan_strategy="disable") for stage in STAGES for name in ("loss", "acc")}
         )
-        self._tallies: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {stage: [] for stage in STAGES}
+        self._tallies: dict[str, list[tuple[torch.Tensor, torch.Tensor, int | list[int]]]] = {
+            stage: [] for stage in STAGES
+        }
         self._first_step = 0  # global step at the start of the training epoch
         self.tta: Literal["none", "flip"] = "none"  # test-time augmentation of test and predict: a run's choice
 
@@ -137,7 +153,10 @@ class LitMLP(L.LightningModule):
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)  # y: class indices, or MixUp's probabilities
         truth = y.argmax(-1) if y.is_floating_point() else y  # a mixed image counts for its larger share
-        self._tallies[stage].append((loss.detach(), (logits.detach().argmax(-1) == truth).sum(), len(y)))
+        tally = self._tallies[stage]
+        tally.append((loss.detach(), (logits.detach().argmax(-1) == truth).sum(), len(y)))
+        if len(tally) > PACK_STEPS:  # keeps few small tensors alive for the epoch, however long it is
+            tally[:-1] = [_pack(tally[:-1])]
         return loss, logits
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,12 +170,12 @@ class LitMLP(L.LightningModule):
         tally, self._tallies[stage] = self._tallies[stage], []
         if not tally:
             return
-        losses, correct, counts = zip(*tally, strict=True)
+        losses, correct, counts = _pack(tally)
         n = sum(counts)
-        weights = torch.tensor(counts, dtype=torch.float32, device=losses[0].device)
+        weights = torch.tensor(counts, dtype=torch.float32, device=losses.device)
         # One update per epoch: the mean over images, weighted by n so devices with different counts sync exactly.
-        self.metrics[f"{stage}_loss"].update((torch.stack(losses).float() * weights).sum() / n, weight=n)
-        self.metrics[f"{stage}_acc"].update(torch.stack(correct).sum().float() / n, weight=n)
+        self.metrics[f"{stage}_loss"].update((losses.float() * weights).sum() / n, weight=n)
+        self.metrics[f"{stage}_acc"].update(correct.sum().float() / n, weight=n)
         # Logging the metric objects lets Lightning compute, sync across devices and reset them.
         for name in ("loss", "acc"):
             self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=stage == "val")
@@ -177,7 +196,7 @@ class LitMLP(L.LightningModule):
         tally = self._tallies["train"]
         if not tally:
             return
-        losses = torch.stack([loss for loss, _, _ in tally]).float()
+        losses = _pack(tally)[0].float()
         finite = torch.isfinite(losses)
         if bool(finite.all()):  # the one host sync
             return
