@@ -13,6 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from benchmarks import (  # noqa: E402
     augment_cost,
     common,
+    cpu_precision,
     data_throughput,
     loop_overhead,
     startup,
@@ -29,6 +30,7 @@ SUITES = {
     "data_throughput": data_throughput.run,
     "startup": startup.run,
     "stream_cost": stream_cost.run,
+    "cpu_precision": cpu_precision.run,
 }
 
 

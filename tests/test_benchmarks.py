@@ -193,3 +193,15 @@ def test_every_trick_is_timed_against_the_plain_way_with_a_verdict():
         assert row["ratio (plain/trick time)"] == pytest.approx(slow / fast, rel=0.02)  # from the printed figures
         noise = float(row["detail"].rsplit("noise ", 1)[1].rstrip("%")) / 100
         assert row["verdict"] == ("keep" if slow / fast - 1 > noise else "no measurable gain: remove")
+
+
+def test_cpu_precision_times_bf16_against_fp32_for_each_cnn(monkeypatch):
+    from benchmarks import cpu_precision, tricks
+
+    monkeypatch.setattr(cpu_precision, "BATCH", 8)
+    monkeypatch.setattr(tricks, "ROUNDS", 3)
+    rows = cpu_precision.run()
+    assert [r["benchmark"].split(": ")[0] for r in rows] == ["cpu_precision", "cpu_precision"]
+    for row in rows:
+        fast, slow = (float(v) for v in row["detail"].split(" ", 3)[0:3:2])
+        assert row["ratio (plain/trick time)"] == pytest.approx(slow / fast, rel=0.02)
