@@ -6,6 +6,7 @@ from functools import partial
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from cifarlit.errors import CifarlitError
@@ -242,3 +243,13 @@ def test_tta_is_an_option_of_test_predict_and_the_test_after_fit(own_run, tmp_pa
     run_cli("fit", "-c", default, "--data.data_dir", str(own_run.data), "--trainer.max_epochs", "1",
             "--test_tta", "flip")  # fmt: skip
     assert seen and set(seen) == {"flip"}  # the test after fit scored every batch with its mirror
+
+
+def test_hparams_yaml_is_plain_yaml(tmp_path):
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    model = LitMLP(image_shape=(1, 16, 16))
+    save_hparams_to_yaml(tmp_path / "hparams.yaml", model.hparams_initial)  # what the TensorBoard logger writes
+    hparams = yaml.safe_load((tmp_path / "hparams.yaml").read_text())  # no python/* tags
+    assert hparams["image_shape"] == [1, 16, 16]
+    assert LitMLP(image_shape=hparams["image_shape"])(torch.zeros(2, 1, 16, 16)).shape == (2, 10)

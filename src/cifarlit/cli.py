@@ -29,7 +29,8 @@ class CifarCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        # as a list: the model's hparams.yaml must be plain YAML (see LitMLP.__init__)
+        parser.link_arguments("data.image_shape", "model.image_shape", compute_fn=list, apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

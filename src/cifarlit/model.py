@@ -3,6 +3,7 @@ names another) with the optimizer and LR schedule from the config."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import random
 from collections.abc import Callable
@@ -91,9 +92,14 @@ class LitMLP(L.LightningModule):
         # Hyperparameters are the config, as plain values: from the CLI they arrive as class_path/init_args; built
         # in Python, the factories are written the same way, so every checkpoint loads with weights_only=True (no
         # pickled classes) and load_from_checkpoint rebuilds the module with LightningCLI's instantiator.
+        # a list, not a tuple, in the hparams (collected from these locals): hparams.yaml must stay plain YAML (a
+        # tuple is written as !!python/tuple, which yaml.safe_load refuses); LightningCLI links a list too (cli.py)
+        image_shape = [int(n) for n in image_shape]
         self.save_hyperparameters()
         if not _cli_is_building():
             _plain_hparams(self.hparams)
+            # what loggers write (hparams.yaml) is Lightning's copy taken at save_hyperparameters: the same plain one
+            self._hparams_initial = copy.deepcopy(self._hparams)
         if net is None:
             _check_mlp(hidden_sizes, dropout)
             self.net = MLP(num_classes, tuple(image_shape), list(hidden_sizes), norm, dropout, activation)
