@@ -273,7 +273,11 @@ def _check_replaceable(output: Path, overwrite: bool) -> None:
         kind = "a symbolic link" if output.is_symlink() else "a file"
         raise DataError(f"--output {output} is {kind}, not a stream folder, so prepare will not replace it: choose "
                         "another folder.")  # fmt: skip
-    if not any(output.iterdir()):
+    try:
+        empty = not any(output.iterdir())
+    except OSError:  # a folder that cannot be listed is not one to replace
+        empty = False
+    if empty:
         return
     try:
         stream.read_info(str(output))
