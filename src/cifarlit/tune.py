@@ -43,10 +43,12 @@ def load_space(path: Path) -> dict[str, dict]:
         space = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CifarlitError(f"--space {path} cannot be read as YAML ({err.__class__.__name__}).") from None
-    if not isinstance(space, dict) or not space:
+    if not space:
+        raise CifarlitError(f"--space {path} defines no options to search.")
+    if not isinstance(space, dict):
         raise CifarlitError(
-            f"--space {path} holds {'nothing' if not space else 'a ' + type(space).__name__}, not a mapping of "
-            "options to distributions such as 'model.dropout: {type: float, low: 0.0, high: 0.5}'."
+            f"--space {path} holds a {type(space).__name__}, not a mapping of options to distributions such as "
+            "'model.dropout: {type: float, low: 0.0, high: 0.5}'."
         )
     for key, spec in space.items():
         problem = _spec_problem(spec)
@@ -63,9 +65,9 @@ def _spec_problem(spec) -> str | None:
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind not in KINDS:
         return f"has type {kind!r}; use one of {', '.join(KINDS)}"
-    needed = {"choices"} if kind == "categorical" else {"low", "high"}
-    if not needed <= set(spec) or not set(spec) - {"type"} <= SPEC_KEYS[kind]:
-        return f"({kind}) needs {' and '.join(sorted(needed))} and takes {', '.join(sorted(SPEC_KEYS[kind]))} only"
+    needed = ("choices",) if kind == "categorical" else ("low", "high")
+    if not set(needed) <= set(spec) or not set(spec) - {"type"} <= SPEC_KEYS[kind]:
+        return f"({kind}) needs {' and '.join(needed)}, and takes {', '.join(sorted(SPEC_KEYS[kind]))} only"
     if kind == "categorical":
         choices, plain = spec["choices"], (type(None), bool, int, float, str)  # what Optuna stores
         if not isinstance(choices, list) or not choices or not all(isinstance(c, plain) for c in choices):
