@@ -168,6 +168,14 @@ def chunk_in_a_subfolder(index, folder, p):
     index["chunks"][0]["filename"] = "sub/chunk-0-0.bin"
 
 
+def a_cache_folder_above_the_cache(index, folder, p):
+    index["updated_at"] = "../../outside"  # LitData would make this split's cache folder beside its cache
+
+
+def a_cache_folder_at_an_absolute_path(index, folder, p):
+    index["updated_at"] = str(folder.parent.parent / "outside")
+
+
 def a_count_as_text(index, folder, p):
     index["chunks"][0]["chunk_size"] = str(index["chunks"][0]["chunk_size"])
 
@@ -187,7 +195,8 @@ def not_json(index, folder, p):
 PAYLOADS = [pickled_items, pickled_labels, pickle_as_a_subtype, module_in_data_spec]
 CRAFTED = [
     *PAYLOADS, an_image_decoder, three_formats, one_format, an_extra_field, compressed, chunk_above_the_split,
-    chunk_at_an_absolute_path, chunk_in_a_subfolder, a_count_as_text, chunks_as_a_mapping, a_list, not_json,
+    chunk_at_an_absolute_path, chunk_in_a_subfolder, a_cache_folder_above_the_cache,
+    a_cache_folder_at_an_absolute_path, a_count_as_text, chunks_as_a_mapping, a_list, not_json,
 ]  # fmt: skip
 
 
@@ -245,7 +254,7 @@ def test_a_crafted_index_is_refused_before_litdata_reads_it(variant, reader, cop
         with pytest.raises(DataError, match=rf"{split}/index\.json .*not what `cifarlit prepare` writes"):
             CIFAR10DataModule(stream=location).setup("fit")
     assert not payload.ran()
-    assert not (copy.parent / "outside.bin").exists()
+    assert {p.name for p in copy.parent.iterdir()} <= {"stream", "cache", "modules"}  # nothing written outside
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])

@@ -8,7 +8,8 @@ into place, so a folder without it is refused: a killed prepare is never trusted
 
 Nothing in a stream chooses code: LitData would pick each item field's decoder from a split's ``index.json``
 (``pickle`` unpickles, ``pil`` hands bytes to Pillow) and rebuild its ``data_spec`` with pytree (which imports the
-module a ``defaultdict`` names), and would join its chunk names to folders. So every split's ``index.json`` must
+module a ``defaultdict`` names), and would join its chunk names and (for object storage) its ``updated_at`` to
+folders. So every split's ``index.json`` must
 say exactly what ``prepare`` writes (:data:`INDEX_CONFIG`, :data:`ITEM_SPEC`, chunk names ``chunk-R-N.bin``)
 before LitData reads it, a local split's chunks must have the sizes and item layout it records, and LitData gets
 only the ``bytes`` and ``int`` decoders (the others refuse), whatever a file says.
@@ -71,6 +72,7 @@ _LEAF = {"type": None, "context": None, "children_spec": []}
 ITEM_SPEC = [1, {"type": "builtins.tuple", "context": "null", "children_spec": [_LEAF, _LEAF]}]  # (bytes, int)
 CHUNK_KEYS = {"chunk_bytes", "chunk_size", "dim", "filename"}
 CHUNK_NAME = re.compile(r"chunk-\d+-\d+\.bin")  # a plain name in the split's folder: no path, no `..`
+UPDATED_AT = re.compile(r"\d+(\.\d+)?")  # a timestamp: LitData names an object store's cache folder after it
 DECODERS = ("bytes", "int")  # the only LitData decoders a stream's items use
 
 
@@ -212,6 +214,8 @@ def check_index(text: str, where: str) -> list[dict]:
         raise refuse("is not JSON") from None
     if not isinstance(index, dict) or set(index) != {"chunks", "config", "updated_at"}:
         raise refuse(f"has the fields {sorted(index) if isinstance(index, dict) else type(index).__name__}")
+    if not isinstance(index["updated_at"], str) or not UPDATED_AT.fullmatch(index["updated_at"]):
+        raise refuse(f"declares updated_at {index['updated_at']!r}, not a timestamp")
     config, chunks = index["config"], index["chunks"]
     if not isinstance(config, dict) or set(config) != {*INDEX_CONFIG, "chunk_bytes", "chunk_size", "data_spec"}:
         raise refuse(f"has the config fields {sorted(config) if isinstance(config, dict) else config!r}")
