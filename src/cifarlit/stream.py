@@ -9,10 +9,10 @@ into place, so a folder without it is refused: a killed prepare is never trusted
 Nothing in a stream chooses code: LitData would pick each item field's decoder from a split's ``index.json``
 (``pickle`` unpickles, ``pil`` hands bytes to Pillow) and rebuild its ``data_spec`` with pytree (which imports the
 module a ``defaultdict`` names), and would join its chunk names and (for object storage) its ``updated_at`` to
-folders. So every split's ``index.json`` must
-say exactly what ``prepare`` writes (:data:`INDEX_CONFIG`, :data:`ITEM_SPEC`, chunk names ``chunk-R-N.bin``)
-before LitData reads it, a local split's chunks must have the sizes and item layout it records, and LitData gets
-only the ``bytes`` and ``int`` decoders (the others refuse), whatever a file says.
+folders. So every split's ``index.json`` must say exactly what ``prepare`` writes (:data:`INDEX_CONFIG`,
+:data:`ITEM_SPEC`, chunk names ``chunk-R-N.bin``, a timestamp) before LitData reads it, a local split's chunks
+must have the sizes and item layout it records, and LitData gets only the ``bytes`` and ``int`` decoders (the
+others refuse), whatever a file says.
 
 Training reads the chunks in LitData's shuffled order (the chunks' order, then blocks of ``SHUFFLE_BLOCK``
 neighbouring images in each chunk, then the images in each block; ``prepare`` wrote the training images in a
