@@ -31,9 +31,11 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path, before):
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)], capture_output=True)
     assert killed.returncode == -9  # SIGKILL, mid-write
     assert (target.read_text() if target.exists() else None) == before  # never the half file
-    with atomic_write(target) as f:  # the next run is not disturbed by the leftover
+    assert len(list(tmp_path.glob(".predictions.csv.*.tmp"))) == 1  # what the killed writer left
+    with atomic_write(target) as f:  # the next run is not disturbed by the leftover, and removes it
         f.write("id,label\nnew,dog\n")
     assert target.read_text() == "id,label\nnew,dog\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
 
 
 def test_a_failing_writer_leaves_nothing_behind(tmp_path):

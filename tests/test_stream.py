@@ -221,14 +221,18 @@ def test_a_prepare_that_did_not_finish_is_never_trusted(pickle_root, tmp_path, m
     assert prepare("--data.data_dir", str(pickle_root), "--output", str(out), "--num_workers", "1") == 0
     assert not leftover.exists() and CIFAR10DataModule(stream=str(out)).num_classes == 10
 
-    # a copy without its description (say, a copy that stopped half way) is refused, and only redone on request
+    # a copy without its description (say, a copy that stopped half way) is refused; not being a stream, it is
+    # not replaced even with --overwrite (tests/test_hostile_streams.py), so the user deletes it
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / stream.META_NAME).unlink()
     with pytest.raises(DataError, match="a killed or partial prepare is refused"):
         CIFAR10DataModule(stream=str(copy)).setup("fit")
     assert prepare("--data.data_dir", str(pickle_root), "--output", str(copy)) == 2
-    assert prepare("--data.data_dir", str(pickle_root), "--output", str(copy), "--overwrite") == 0
+    assert prepare("--data.data_dir", str(pickle_root), "--output", str(copy), "--overwrite") == 2
+    assert (copy / "train" / "index.json").is_file()  # still there
+    shutil.rmtree(copy)
+    assert prepare("--data.data_dir", str(pickle_root), "--output", str(copy)) == 0
     CIFAR10DataModule(stream=str(copy)).setup("fit")
 
     # a split that lost its index, or holds other images than the description says, is refused

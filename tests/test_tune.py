@@ -103,7 +103,7 @@ def test_storage_is_a_journal_file_or_a_database_url(pickle_root, tmp_path, monk
 def test_a_study_in_the_former_default_sqlite_file_still_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "lightning_logs").mkdir()
-    (tmp_path / "lightning_logs" / "tune_t.db").touch()
+    optuna.create_study(study_name="t", storage="sqlite:///lightning_logs/tune_t.db")  # a study started back then
     assert open_storage(None, "t")[1] == "sqlite:///lightning_logs/tune_t.db"
 
 

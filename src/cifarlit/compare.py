@@ -1,7 +1,9 @@
 """`cifarlit compare RUN...`: learning curves of several runs side by side, and a table of their metrics.
 
 Reads each run's TensorBoard event files (and its saved ``config.yaml``), so it works on any finished,
-stopped-early or still-running cifarlit run.
+stopped-early or still-running cifarlit run. A folder whose event files hold no readable events (empty, damaged
+from the start, another program's) is refused in one sentence naming it; a file cut short, as a run still
+writing leaves it, is read up to where it ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from cifarlit import figures
 from cifarlit.errors import CifarlitError, report
-from cifarlit.files import atomic_write
+from cifarlit.files import atomic_write, check_output
 
 CURVES = ("loss", "acc")
 
@@ -28,6 +30,7 @@ def find_runs(patterns: list[str]) -> list[Path]:
                     f"run directory {str(path)!r} does not exist; pass run folders under lightning_logs/."
                 )
             if any(path.glob("events.out.tfevents.*")):
+                _check_event_files(path)
                 runs.append(path)
                 continue
             nested = sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
@@ -36,8 +39,17 @@ def find_runs(patterns: list[str]) -> list[Path]:
                     f"{str(path)!r} has no TensorBoard event files (events.out.tfevents.*): pass the folder of a run, "
                     "e.g. lightning_logs/default/version_0."
                 )
+            for run in nested:
+                _check_event_files(run)
             runs += nested
     return runs
+
+
+def _check_event_files(run: Path) -> None:
+    """TensorBoard opens every ``events.out.tfevents.*`` entry of a run: a folder fails and a pipe blocks forever."""
+    for entry in run.glob("events.out.tfevents.*"):
+        if not entry.is_file():
+            raise CifarlitError(f"{str(entry)!r} is not a regular file, so the run cannot be read: move it away.")
 
 
 def read_run(path: Path) -> dict[str, list[float]]:
@@ -45,9 +57,16 @@ def read_run(path: Path) -> dict[str, list[float]]:
     seconds from the run's start to each of them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
+    try:
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
+        start = events.FirstEventTimestamp()  # a ValueError when no event could be read
+    except Exception as err:  # TensorBoard's reader raises many types for a file that is not its own
+        raise CifarlitError(
+            f"{str(path)!r} has event files without one readable TensorBoard event ({err.__class__.__name__}: "
+            f"{(str(err).splitlines() or [''])[0]}); they are empty, damaged or another program's: pass the folder "
+            "of a cifarlit run."
+        ) from None
     scalars = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    start = events.FirstEventTimestamp()
     scalars |= {f"_seconds/{t}": [e.wall_time - start for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
     if "val/acc" in scalars:  # fit's wall time: from the logger's start to the last validation
         scalars["_fit_seconds"] = [events.Scalars("val/acc")[-1].wall_time - events.FirstEventTimestamp()]
@@ -133,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = find_runs(args.runs)
+        output = check_output(Path(args.output) if args.output else common_folder(paths) / "compare.png",
+                              "--output", "compare.png")  # fmt: skip
+        if args.table:
+            check_output(Path(args.table), "--table", "compare.md")
         runs = {run_name(p, paths): read_run(p) for p in paths}
     except CifarlitError as err:
         return report(err)
-    output = Path(args.output) if args.output else common_folder(paths) / "compare.png"
     plot(runs, output, args.x)
     table = summary_table(runs)
     print(table)

@@ -18,7 +18,7 @@ from torch import nn
 from cifarlit import checkpoints
 from cifarlit.data import CIFAR10DataModule, normalizer
 from cifarlit.errors import CifarlitError, report
-from cifarlit.files import atomic_path
+from cifarlit.files import atomic_path, check_output
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -69,6 +69,7 @@ def export(ckpt_path: Path, format: str, output: Path | None = None) -> Path:
     model, (c, h, w) = load(ckpt_path)
     if output is None:  # next to the checkpoint, e.g. checkpoints/last.onnx
         output = ckpt_path.with_name(ckpt_path.name.removesuffix(".ckpt") + FORMATS[format])
+    check_output(output, "--output", f"model{FORMATS[format]}")  # before the export, which takes a while
     example = torch.zeros(2, h, w, c, dtype=torch.uint8)
     with atomic_path(output) as tmp:  # a failed or killed export leaves no half model under the name
         if format == "torchscript":

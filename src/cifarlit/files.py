@@ -2,8 +2,13 @@
 
 A process killed mid-write (SIGKILL, a full disk, a crash) leaves the previous file, or none, under the real name:
 never half a CSV, half a model or half a record that a later run or a user would trust. ``os.replace`` is
-atomic on POSIX and Windows when both names are on one file system, hence the temporary file in the same folder.
-A temporary left by a killed process is hidden (a leading dot) and replaced by the next write.
+atomic on POSIX when both names are on one file system, hence the temporary file in the same folder; the file is
+flushed to the disk (``fsync``) before the rename and the folder after it, so a power cut cannot leave the new
+name pointing at empty blocks. A temporary is hidden (a leading dot) and carries its writer's ``host-pid``: the
+next write to the same name removes the ones left by killed processes of this machine.
+
+Output paths are checked before the work that fills them (:func:`check_output`): a folder, a path under a file or
+a folder that cannot be written is refused in one sentence, not after a long prediction or export.
 
 >>> import tempfile
 >>> target = Path(tempfile.mkdtemp()) / "out.csv"
@@ -16,10 +21,59 @@ A temporary left by a killed process is hidden (a leading dot) and replaced by t
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
+
+from cifarlit.errors import CifarlitError
+
+TMP_SUFFIX = ".tmp"
+
+
+def owner() -> str:
+    """``host-pid``, in the names of temporary files, so later runs can tell which were left by killed runs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def left_by_dead_process(owner: str) -> bool:
+    """Whether ``owner`` (``host-pid``) names a process of this machine that no longer runs."""
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's run on a shared disk may still be writing it
+    try:
+        os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, as another user's process
+        return False
+    return False
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{owner()}{TMP_SUFFIX}")
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """The temporaries of ``path`` that killed writers of this machine left (their pid no longer runs)."""
+    prefix = f".{path.name}."
+    with suppress(OSError):
+        for entry in os.scandir(path.parent):
+            name = entry.name
+            if name.startswith(prefix) and name.endswith(TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                if left_by_dead_process(name[len(prefix) : -len(TMP_SUFFIX)]):
+                    Path(entry.path).unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -28,10 +82,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     it becomes ``path`` when the block ends without an error, and is removed when it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove_stale_temporaries(path)
+    tmp = _temporary(path)
     try:
         yield tmp
+        _fsync(tmp)  # the data on the disk before the name points at it
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)  # only still there when the writer failed
 
@@ -41,3 +98,27 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """``open(path, mode)`` that appears whole or not at all (``newline=""`` for csv is passed through)."""
     with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
+
+
+def check_output(path: Path, option: str, example: str) -> Path:
+    """``path`` if a file can be written there; else a CifarlitError naming ``option`` (``example``: a file name
+    to suggest inside a folder). Creates nothing: the folder is probed with an unnamed temporary file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CifarlitError(f"{option} {path} is a folder: pass a file path, e.g. {path / example}.")
+    if path.exists() and not path.is_file():
+        raise CifarlitError(f"{option} {path} is not a regular file (a device or pipe): pass a file path.")
+    folder = path.parent.absolute()
+    while not folder.exists() and folder != folder.parent:  # the folders that would be created
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CifarlitError(f"{option} {path} cannot be written: {folder} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # unnamed where the system allows: nothing appears
+            pass
+    except OSError as err:
+        raise CifarlitError(
+            f"{option} {path} cannot be written ({err.strerror or err.__class__.__name__} in {folder}): pass a "
+            "path in a folder you can write to."
+        ) from None
+    return path

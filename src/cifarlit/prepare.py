@@ -14,6 +14,11 @@ statistics come from one more pass over its chunks.
 Everything is written into a hidden folder next to ``--output`` and renamed into place once complete, with
 ``cifarlit-stream.json`` (classes, statistics, image shape, split options and sizes) written last: a killed
 prepare leaves no ``--output``, and the next prepare removes what it left.
+
+``--output`` never touches the dataset: a folder that is, holds or lies inside ``data.data_dir`` (symbolic links
+followed both ways) is refused, and an existing ``--output`` is replaced only when it is empty or a cifarlit
+stream (a valid ``cifarlit-stream.json``) and ``--overwrite`` is given; a file, a link or any other folder is
+refused in one sentence, before anything is read or written.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarlit import sources, stream
+from cifarlit import files, sources, stream
 from cifarlit.data import CIFAR10DataModule, _check_split_size, _count_or_fraction, _stratified_split, split_fingerprint
 from cifarlit.errors import CifarlitError, report
 from cifarlit.sources import DataError
 
 OPTIONS = ("data_dir", "download", "val_size", "test_size", "seed", "image_size", "channels")  # decide what is written
 PARTIAL = "partial-"  # ".<output name>.partial-<host>-<pid>": the stream being written
+OLD = "old-"  # ".<output name>.old-<host>-<pid>": the stream being replaced, removed once the new one is in place
 UNREADABLE = "unreadable"  # a folder in the partial stream where the readers list the files they cannot decode
 # 16 MB chunks: LitData maps a few chunks at a time (4 on a local disk), so this bounds the memory a stream adds
 # to a run whatever the dataset's size (benchmarks/README.md, "Streaming"); each holds ~5,000 CIFAR images.
@@ -222,20 +228,69 @@ def _train_stats(train_dir: Path, shape: tuple[int, int, int]) -> tuple[list[flo
 
 
 def _remove_leftovers(output: Path) -> None:
-    """The partial streams of prepares on this machine that were killed while writing ``output``."""
-    prefix = f".{output.name}.{PARTIAL}"
-    for entry in output.parent.glob(f"{prefix}*"):
-        if sources._left_by_dead_process(entry.name.removeprefix(prefix)):
-            shutil.rmtree(entry, ignore_errors=True)
+    """The partial (and replaced) streams of prepares on this machine that were killed while writing ``output``."""
+    for kind in (PARTIAL, OLD):
+        prefix = f".{output.name}.{kind}"
+        for entry in output.parent.glob(f"{prefix}*"):
+            if entry.is_dir() and not entry.is_symlink() and files.left_by_dead_process(entry.name[len(prefix) :]):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _up_to_date(output: Path, fingerprint: str, repeat: int) -> bool:
-    """Whether ``output`` is a finished stream of this split (with as many copies of train)."""
+    """Whether ``output`` is a finished, undamaged stream of this split (with as many copies of train)."""
     try:
         meta = json.loads((output / stream.META_NAME).read_text())
-    except (OSError, ValueError):
+        if meta.get("split_fingerprint") != fingerprint or meta.get("repeat") != repeat:
+            return False
+        info = stream.read_info(str(output))
+        for split in stream.SPLITS:  # its indexes and chunks as `prepare` writes them
+            chunks = stream.check_split_files(str(output), split, info)
+            if sum(chunk["chunk_size"] for chunk in chunks) != info.sizes[split]:
+                return False
+    except (OSError, ValueError, AttributeError):  # DataError is a ValueError; AttributeError: JSON, not an object
         return False
-    return meta.get("split_fingerprint") == fingerprint and meta.get("repeat") == repeat
+    return True
+
+
+def _refuse_inside(output: Path, data_dir: Path) -> None:
+    """``--output`` must not be, hold or lie inside the dataset, as written or with symbolic links resolved."""
+    data_dir = data_dir.expanduser()
+    for out in (Path(os.path.normpath(output.absolute())), output.resolve()):
+        for data in (Path(os.path.normpath(data_dir.absolute())), data_dir.resolve()):
+            inside = "holds" if out in data.parents else "lies inside" if data in out.parents else ""
+            how = "is" if out == data else inside
+            if how:
+                raise DataError(
+                    f"--output {output} {how} data.data_dir {data_dir}{f' ({data})' if data != data_dir else ''}: "
+                    "write the stream to a folder outside the dataset, which prepare never changes."
+                )
+
+
+def _check_replaceable(output: Path, overwrite: bool) -> None:
+    """An existing ``--output`` may be replaced when it is an empty folder, or a cifarlit stream and ``overwrite``
+    is given; anything else is refused (a file, a link, a folder of other things: nothing the user has is lost)."""
+    if output.is_symlink() or not output.is_dir():
+        kind = "a symbolic link" if output.is_symlink() else "a file"
+        raise DataError(f"--output {output} is {kind}, not a stream folder, so prepare will not replace it: choose "
+                        "another folder.")  # fmt: skip
+    try:
+        empty = not any(output.iterdir())
+    except OSError:  # a folder that cannot be listed is not one to replace
+        empty = False
+    if empty:
+        return
+    try:
+        stream.read_info(str(output))
+    except DataError:
+        raise DataError(
+            f"--output {output} is a folder that is not a cifarlit stream (it has no valid {stream.META_NAME}), so "
+            f"prepare will not replace it{' even with --overwrite' if overwrite else ''}: choose another folder."
+        ) from None
+    if not overwrite:
+        raise DataError(
+            f"--output {output} holds a stream of another split (or a damaged one): pass --overwrite to replace it, "
+            "or choose another folder."
+        )
 
 
 def prepare(
@@ -259,25 +314,31 @@ def prepare(
             f"data.image_size={image_size} / data.channels={channels} is not valid: use a size of 1 or more and 1 "
             "(gray) or 3 (RGB) channels."
         )
+    output = output.expanduser().absolute()
+    _refuse_inside(output, data_dir)  # before the dataset is downloaded into data_dir
+    if output.exists() and not output.is_symlink():  # a file or another folder: refused before any work
+        _check_replaceable(output, overwrite=True)
     sources.ensure_available(data_dir, download)
     listing = list_dataset(data_dir, image_size, channels)
     carve_test = listing.test_labels is None
     positions = split_positions(listing.train_labels, carve_test, val_size, test_size, seed, data_dir)
     train_idx, val_idx, test_idx = positions
     fingerprint = split_fingerprint(train_idx, val_idx, listing.fingerprint, test_idx)
-    output = output.expanduser().absolute()
-    if output.exists():
+    if output.exists() or output.is_symlink():
         if _up_to_date(output, fingerprint, repeat) and not overwrite:
             print(f"prepare: {output} already holds this split ({fingerprint}); nothing to do.")
             return output
-        if not overwrite:
-            raise DataError(
-                f"--output {output} exists and is not a stream of this split: delete it, choose another folder, "
-                "or pass --overwrite to replace it."
-            )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(output)
-    partial = output.parent / f".{output.name}.{PARTIAL}{sources._owner()}"
+        _check_replaceable(output, overwrite)
+    partial = output.parent / f".{output.name}.{PARTIAL}{files.owner()}"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(output)
+        partial.mkdir()
+    except OSError as err:
+        raise DataError(
+            f"--output {output} cannot be written ({err.strerror or err.__class__.__name__}): pass a folder in a "
+            "place you can write to."
+        ) from None
     rng = np.random.default_rng(seed)
     # the training images in a random order (a new one for each copy): LitData shuffles chunks and within them
     train_order = np.concatenate([rng.permutation(train_idx) for _ in range(repeat)])
@@ -288,7 +349,6 @@ def prepare(
     }
     sizes = {name: sum(len(what) if isinstance(what, list) else 1 for _, what in jobs) for name, jobs in plan.items()}
     try:
-        partial.mkdir()
         for name, jobs in plan.items():
             print(f"prepare: {name}: {sizes[name]} images -> {output / name}", flush=True)
             _write(jobs, partial / name, num_workers, chunk_bytes, listing.shape)
@@ -320,8 +380,9 @@ def _refuse_unreadable(folder: Path, data_dir: Path) -> None:
 def _publish(partial: Path, output: Path) -> None:
     """Rename the finished stream into place (replacing an old one, which is removed only afterwards)."""
     old = None
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{sources._owner()}"
+    if output.exists() or output.is_symlink():
+        _check_replaceable(output, overwrite=True)  # again: it may have changed while the stream was written
+        old = output.parent / f".{output.name}.{OLD}{files.owner()}"
         os.replace(output, old)
     os.replace(partial, output)
     if old is not None:

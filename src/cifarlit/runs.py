@@ -9,9 +9,12 @@ process, so two runs never share one).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from cifarlit.errors import CifarlitError
 
 
 def resume_into_same_run(config, ckpt: str) -> None:
@@ -44,14 +47,24 @@ def resume_into_same_run(config, ckpt: str) -> None:
 def claim_run_dir(config) -> None:
     """Create the run's ``version_N`` folder now and set the logger's version to it, unless one is set."""
     args = _tensorboard_args(config)
-    if args is None or args.get("version") is not None:
+    if args is None:
+        return
+    root = _run_root(args)
+    try:  # a save_dir that is a file, or a folder that cannot be written: one sentence, before anything runs
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise CifarlitError(
+            f"--trainer.logger.init_args.save_dir={args.get('save_dir')}: the run folder {root} cannot be written "
+            f"({err.strerror or err.__class__.__name__}): pass a folder you can write to."
+        ) from None
+    if args.get("version") is not None:
         return
     # Under DDP the first process claims the folder and Lightning hands its name to the others: the global rank
     # of torchrun/SLURM, or a node rank other than 0 where processes are started by hand on each machine.
     if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) != 0:
         return
-    root = _run_root(args)
-    root.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
     version = max(taken, default=-1) + 1
     while True:

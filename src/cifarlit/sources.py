@@ -31,6 +31,8 @@ import numpy as np
 from filelock import FileLock
 
 from cifarlit.errors import CifarlitError
+from cifarlit.files import left_by_dead_process as _left_by_dead_process
+from cifarlit.files import owner as _owner
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -184,24 +186,6 @@ def _move_into_place(folder: Path, target: Path) -> None:
                 f"cannot move the extracted '{PICKLE_DIR}' into {target.parent} ({err}); check the folder's "
                 "permissions and free space."
             ) from None
-
-
-def _owner() -> str:
-    """``host-pid``, in the names of temporary files, so later runs can tell which were left by killed runs."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _left_by_dead_process(owner: str) -> bool:
-    host, _, pid = owner.rpartition("-")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's run on a shared disk may still be writing it
-    try:
-        os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists, as another user's process
-        return False
-    return False
 
 
 def _remove_leftovers(root: Path) -> None:

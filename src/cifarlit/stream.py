@@ -6,6 +6,14 @@ its label, and ``cifarlit-stream.json``: the class names, the training split's n
 image shape, the split's options and sizes. ``prepare`` writes that file last and renames the finished folder
 into place, so a folder without it is refused: a killed prepare is never trusted.
 
+Nothing in a stream chooses code: LitData would pick each item field's decoder from a split's ``index.json``
+(``pickle`` unpickles, ``pil`` hands bytes to Pillow) and rebuild its ``data_spec`` with pytree (which imports the
+module a ``defaultdict`` names), and would join its chunk names and (for object storage) its ``updated_at`` to
+folders. So every split's ``index.json`` must say exactly what ``prepare`` writes (:data:`INDEX_CONFIG`,
+:data:`ITEM_SPEC`, chunk names ``chunk-R-N.bin``, a timestamp) before LitData reads it, a local split's chunks
+must have the sizes and item layout it records, and LitData gets only the ``bytes`` and ``int`` decoders (the
+others refuse), whatever a file says.
+
 Training reads the chunks in LitData's shuffled order (the chunks' order, then blocks of ``SHUFFLE_BLOCK``
 neighbouring images in each chunk, then the images in each block; ``prepare`` wrote the training images in a
 seeded random order, so every block is a random sample of the classes), seeded by the training seed
@@ -22,7 +30,10 @@ predict.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +41,11 @@ from pathlib import Path
 
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # LitData must never ask PyPI for a newer version
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from litdata import StreamingDataset  # noqa: E402
 from litdata.streaming.downloader import get_downloader  # noqa: E402
+from litdata.streaming.serializers import _SERIALIZERS, Serializer  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from cifarlit.loaders import worker_init  # noqa: E402
@@ -48,6 +61,19 @@ URL_PREFIXES = ("s3://", "gs://", "azure://", "r2://", "local:")  # LitData's ob
 # of the classes; a batch is drawn from one block of 1,024 (fixed by prepare) rather than from the whole split.
 SHUFFLE_BLOCK = 1024
 HOW_TO_PREPARE = "write one with `cifarlit prepare --data.data_dir <dataset> --output <folder>`"
+INDEX_NAME = "index.json"
+# What LitData's writer puts into a split's index.json for prepare's items, `(image bytes, label)`: the only
+# index read. `chunk_bytes`/`chunk_size` (numbers) and `data_spec` (ITEM_SPEC) are checked on their own.
+INDEX_CONFIG = {
+    "compression": None, "compression_level": None, "compression_batch_size": None, "ipc_compression": None,
+    "encryption": None, "item_loader": "PyTreeLoader", "data_format": ["bytes", "int"], "types": "json",
+}  # fmt: skip
+_LEAF = {"type": None, "context": None, "children_spec": []}
+ITEM_SPEC = [1, {"type": "builtins.tuple", "context": "null", "children_spec": [_LEAF, _LEAF]}]  # (bytes, int)
+CHUNK_KEYS = {"chunk_bytes", "chunk_size", "dim", "filename"}
+CHUNK_NAME = re.compile(r"chunk-\d+-\d+\.bin")  # a plain name in the split's folder: no path, no `..`
+UPDATED_AT = re.compile(r"\d+(\.\d+)?")  # a timestamp: LitData names an object store's cache folder after it
+DECODERS = ("bytes", "int")  # the only LitData decoders a stream's items use
 
 
 def is_url(stream: str) -> bool:
@@ -94,7 +120,7 @@ def read_info(stream: str) -> StreamInfo:
             classes=tuple(str(c) for c in meta["classes"]),
             mean=torch.tensor(meta["mean"], dtype=torch.float32),
             std=torch.tensor(meta["std"], dtype=torch.float32),
-            shape=tuple(int(s) for s in meta["shape"]),
+            shape=_shape(meta["shape"]),
             sizes={split: int(meta["sizes"][split]) for split in SPLITS},
             val_size=meta["val_size"],
             test_size=meta["test_size"],
@@ -108,12 +134,24 @@ def read_info(stream: str) -> StreamInfo:
         ) from None
 
 
+def _shape(value) -> tuple[int, int, int]:
+    shape = tuple(value)
+    if len(shape) != 3 or not all(type(s) is int and s > 0 for s in shape) or shape[0] not in (1, 3):
+        raise ValueError(f"shape {value!r} is not (channels 1 or 3, height, width)")
+    return shape
+
+
 def _read_meta(stream: str) -> str:
+    return _read_text(stream, META_NAME)
+
+
+def _read_text(stream: str, name: str) -> str:
+    """The text of ``name`` (a path under the stream): a local file, or one fetched by LitData's downloader."""
     if not is_url(stream):
-        return (Path(stream).expanduser() / META_NAME).read_text()
+        return (Path(stream).expanduser() / name).read_text()
     with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, META_NAME)
-        get_downloader(stream, tmp, []).download_file(f"{stream.rstrip('/')}/{META_NAME}", local)
+        local = os.path.join(tmp, Path(name).name)
+        get_downloader(stream, tmp, []).download_file(f"{stream.rstrip('/')}/{name}", local)
         return Path(local).read_text()
 
 
@@ -160,19 +198,152 @@ def check_split(
         )
 
 
+def check_index(text: str, where: str) -> list[dict]:
+    """The chunks listed by a split's ``index.json`` (its ``text``), which must be exactly what ``prepare`` writes;
+    a DataError naming ``where`` (the stream, split and file) otherwise."""
+
+    def refuse(what: str) -> DataError:
+        return DataError(
+            f"{where} {what}, which is not what `cifarlit prepare` writes, so the split is not read: "
+            f"{HOW_TO_PREPARE} again."
+        )
+
+    try:
+        index = json.loads(text)
+    except ValueError:
+        raise refuse("is not JSON") from None
+    if not isinstance(index, dict) or set(index) != {"chunks", "config", "updated_at"}:
+        raise refuse(f"has the fields {sorted(index) if isinstance(index, dict) else type(index).__name__}")
+    if not isinstance(index["updated_at"], str) or not UPDATED_AT.fullmatch(index["updated_at"]):
+        raise refuse(f"declares updated_at {index['updated_at']!r}, not a timestamp")
+    config, chunks = index["config"], index["chunks"]
+    if not isinstance(config, dict) or set(config) != {*INDEX_CONFIG, "chunk_bytes", "chunk_size", "data_spec"}:
+        raise refuse(f"has the config fields {sorted(config) if isinstance(config, dict) else config!r}")
+    for key, value in INDEX_CONFIG.items():
+        if config[key] != value or type(config[key]) is not type(value):
+            raise refuse(f"declares {key} {config[key]!r} (prepare writes {value!r})")
+    try:
+        spec = json.loads(config["data_spec"])
+    except (TypeError, ValueError):
+        spec = config["data_spec"]
+    if spec != ITEM_SPEC:
+        raise refuse(f"declares the item structure {config['data_spec']!r}")
+    if not _count(config["chunk_bytes"]) or not (config["chunk_size"] is None or _count(config["chunk_size"])):
+        raise refuse("declares chunk sizes that are not counts")
+    if not isinstance(chunks, list) or not chunks or not all(isinstance(c, dict) for c in chunks):
+        raise refuse("lists no chunks")
+    for chunk in chunks:
+        if set(chunk) != CHUNK_KEYS or chunk["dim"] is not None:
+            raise refuse(f"lists a chunk with the fields {sorted(chunk)}")
+        if not isinstance(chunk["filename"], str) or not CHUNK_NAME.fullmatch(chunk["filename"]):
+            raise refuse(f"names the chunk file {chunk['filename']!r} (prepare writes chunk-R-N.bin in the split)")
+        if not (_count(chunk["chunk_bytes"]) and _count(chunk["chunk_size"])):
+            raise refuse(f"gives {chunk['filename']} a size that is not a count")
+    if len({chunk["filename"] for chunk in chunks}) != len(chunks):
+        raise refuse("lists a chunk file twice")
+    return chunks
+
+
+def _count(value) -> bool:
+    return type(value) is int and value > 0
+
+
+def check_chunks(folder: Path, chunks: list[dict], shape: tuple[int, int, int], where: str) -> None:
+    """Each chunk of a local split is a regular file of the size its index records, holding that many items of
+    ``(C*H*W image bytes, int64 label)``: a missing, truncated or foreign chunk is refused here, in one sentence,
+    rather than when training reaches it (LitData waits for the missing bytes, then raises)."""
+    for chunk in chunks:
+        try:
+            what = _chunk_problem(folder / chunk["filename"], chunk, shape)
+        except FileNotFoundError:
+            what = "is missing"
+        except OSError as err:
+            what = f"cannot be read ({err.strerror})"
+        if what:
+            raise DataError(f"{where}: {chunk['filename']} {what}; the stream is damaged: {HOW_TO_PREPARE} again.")
+
+
+def _chunk_problem(path: Path, chunk: dict, shape: tuple[int, int, int]) -> str | None:
+    """What is wrong with one chunk file, by LitData's layout: a ``uint32`` item count, ``uint32[count + 1]``
+    offsets, then per item a ``uint32`` size per field and the fields (here 3,072 bytes and an int64 for CIFAR)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a pipe would block the reader forever
+        return "is not a regular file"
+    if st.st_size != chunk["chunk_bytes"]:
+        return f"holds {st.st_size} bytes, but {INDEX_NAME} records {chunk['chunk_bytes']} (truncated?)"
+    count = chunk["chunk_size"]
+    with open(path, "rb") as f:
+        header = f.read(4 * (count + 2))  # the count and the offsets; at most the file, whose size is known
+    if len(header) != 4 * (count + 2) or int.from_bytes(header[:4], "little") != count:
+        return f"does not hold the {count} items {INDEX_NAME} records"
+    offsets = np.frombuffer(header[4:], "<u4").astype(np.int64)
+    item = 2 * 4 + math.prod(shape) + 8
+    if offsets[0] != len(header) or offsets[-1] != st.st_size or np.any(np.diff(offsets) != item):
+        return f"does not hold images of shape {list(shape)} as {META_NAME} records"
+    return None
+
+
+def check_split_files(stream: str, split: str, info: StreamInfo) -> list[dict]:
+    """Check a split's ``index.json`` (and, for a local stream, its chunks) before LitData reads any of them."""
+    where = f"data.stream={stream!r}: {split}/{INDEX_NAME}"
+    try:
+        text = _read_text(stream, f"{split}/{INDEX_NAME}")
+    except FileNotFoundError:
+        raise DataError(
+            f"data.stream={stream!r}: the {split} split cannot be read (it has no {INDEX_NAME}); the stream is "
+            f"incomplete: {HOW_TO_PREPARE} again."
+        ) from None
+    except Exception as err:  # object stores raise many types; a local file may be unreadable or not UTF-8
+        raise DataError(f"{where} cannot be read ({err.__class__.__name__}); {HOW_TO_PREPARE} again.") from None
+    chunks = check_index(text, where)
+    if not is_url(stream):
+        check_chunks(Path(split_location(stream, split)), chunks, info.shape, f"data.stream={stream!r}: {split}")
+    return chunks
+
+
+class _Refused(Serializer):
+    """Stands in for each LitData decoder a stream has no use for (``pickle`` runs code, ``pil`` and ``jpeg`` hand
+    bytes to image libraries, ...): an index that named one would be refused here too, not decoded."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def setup(self, metadata) -> None:
+        raise DataError(f"a stream's items use LitData's {DECODERS} decoders only, not {self.name!r}.")
+
+    def serialize(self, data):
+        raise DataError(f"cifarlit does not write {self.name!r} items.")
+
+    deserialize = serialize
+
+    def can_serialize(self, data) -> bool:
+        return False
+
+
+def decoders() -> dict[str, Serializer]:
+    """LitData's serializer table with every decoder but :data:`DECODERS` refused (LitData adds its defaults for
+    the names a table leaves out, so each is named)."""
+    return {name: _Refused(name) for name in _SERIALIZERS if name not in DECODERS}
+
+
 def open_split(stream: str, split: str, info: StreamInfo, shuffle: bool = False, seed: int = 0) -> StreamingDataset:
-    """The LitData dataset of one split, checked against the size ``prepare`` recorded for it."""
+    """The LitData dataset of one split, its files checked (:func:`check_split_files`) and its size checked against
+    the one ``prepare`` recorded."""
     location = split_location(stream, split)
+    check_split_files(stream, split, info)
     # Training: LitData's block shuffle, with each block decoded at once (a full in-chunk permutation reads item
     # by item, ~1.8x the block's cost here: benchmarks/README.md, "Streaming").
     window = {"item_shuffle_window": SHUFFLE_BLOCK, "batch_decode": SHUFFLE_BLOCK} if shuffle else {}
-    try:
-        dataset = StreamingDataset(location, shuffle=shuffle, seed=seed, **window)  # drop_last: see batch_plan
+    try:  # drop_last: see batch_plan
+        dataset = StreamingDataset(location, shuffle=shuffle, seed=seed, serializers=decoders(), **window)
     except (ValueError, FileNotFoundError, AssertionError) as err:  # LitData's words for a missing or empty index
         raise DataError(
             f"data.stream={stream!r}: the {split} split cannot be read ({str(err).splitlines()[0]}); the stream is "
             f"incomplete: {HOW_TO_PREPARE} again."
         ) from None
+    if is_url(stream):  # the copy in LitData's cache is the one its readers use: it must be the one checked
+        cached = Path(dataset.input_dir.path) / INDEX_NAME
+        check_index(cached.read_text(), f"data.stream={stream!r}: {split}/{INDEX_NAME} (LitData's copy {cached})")
     found = sum(end - start for start, end in dataset.region_of_interest)
     if found != info.sizes[split]:
         raise DataError(
@@ -193,6 +364,8 @@ def open_splits(hparams, info: StreamInfo) -> tuple[StreamingDataset, StreamingD
 def collate(items: list[tuple[bytes, int]], shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(image bytes, label)`` items -> uint8 ``(B, C, H, W)`` images and int64 labels, one copy of the pixels."""
     x = torch.frombuffer(bytearray().join(image for image, _ in items), dtype=torch.uint8)
+    if x.numel() != len(items) * math.prod(shape):
+        raise DataError(f"streamed images are not of the shape {list(shape)} that {META_NAME} records")
     return x.view(len(items), *shape), torch.tensor([label for _, label in items], dtype=torch.int64)
 
 
@@ -269,7 +442,21 @@ class StreamLoader(DataLoader):
         batches = self.dataset
         batches.dataset.set_epoch(self.epoch() + 1)  # LitData counts epochs from 1
         batches.plan = batch_plan(batches.dataset, self.num_workers, self.images_per_batch)  # this epoch's shares
-        return super().__iter__()  # the workers start now, with this epoch's order and plan
+        return _reading(super().__iter__(), batches.dataset)  # the workers start now, with this order and plan
+
+
+def _reading(batches, dataset: StreamingDataset):
+    """``batches``, with a chunk that cannot be read as it was checked (one of object storage, or one changed
+    since) ending the run in one sentence instead of a traceback (from a worker: its last line)."""
+    try:
+        yield from batches
+    except Exception as err:  # LitData, its downloaders and DataLoader workers raise many types
+        where = dataset.input_dir.url or dataset.input_dir.path
+        last = (str(err).strip().splitlines() or [""])[-1]
+        raise DataError(
+            f"data.stream: {where} cannot be read ({err.__class__.__name__}: {last}); the stream is damaged or "
+            f"incomplete: {HOW_TO_PREPARE} again."
+        ) from None
 
 
 def loader(

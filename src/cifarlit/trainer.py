@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cifarlit.data import CIFAR10DataModule
 from cifarlit.errors import CifarlitError
+from cifarlit.files import check_output
 from cifarlit.model import LitMLP
 
 _NO_CONTEXT = contextlib.nullcontext()
@@ -171,6 +172,10 @@ class CifarTrainer(Trainer):
             raise CifarlitError(
                 "explore describes a dataset held in memory: run it with data.data_dir, not data.stream."
             )
+        path = None
+        if samples_per_class > 0 and (grid_path or log_grid or self.logger):  # checked before the data is read
+            path = Path(grid_path) if grid_path else Path(self.log_dir) / "explore.png"
+            check_output(path, "--grid_path", "explore.png")
         datamodule.prepare_data()
         datamodule.setup("fit")
         classes = datamodule.classes
@@ -183,8 +188,7 @@ class CifarTrainer(Trainer):
             )
         }
         print(report.to_json(splits, classes) if format == "json" else report.format_table(splits, classes))
-        if samples_per_class > 0 and (grid_path or log_grid or self.logger):
-            path = Path(grid_path) if grid_path else Path(self.log_dir) / "explore.png"
+        if path is not None:
             ds = datamodule.train_set
             fig = report.sample_grid(ds.x, ds.y, classes, samples_per_class, path)
             if format == "table":
@@ -231,6 +235,8 @@ class CifarTrainer(Trainer):
             raise CifarlitError(
                 "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
             )
+        path = Path(output) if output else self._run_dir(ckpt_path) / "predictions.csv"
+        check_output(path, "--output", "predictions.csv")  # before the predictions, not after
         self._skip_unused_hooks()
         with _tta(self, model, tta):
             batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
@@ -243,7 +249,6 @@ class CifarTrainer(Trainer):
                 f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
                 "use the checkpoint and data of the same training run."
             )
-        path = Path(output) if output else self._run_dir(ckpt_path) / "predictions.csv"
         write_csv(path, ids, probs, classes, probabilities)
         print(f"predictions for {len(ids)} images: {path}")
         return batches

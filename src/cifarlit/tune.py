@@ -18,6 +18,7 @@ Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -32,21 +33,53 @@ KINDS = ("float", "int", "categorical")
 
 
 def load_space(path: Path) -> dict[str, dict]:
+    """The search space in ``path``, checked entry by entry, so that a mistake ends the command in one sentence
+    before any trial instead of failing every trial."""
     if not path.is_file():
         raise CifarlitError(
-            f"--space {path} does not exist; pass a YAML search space such as configs/tune/mlp_space.yaml."
+            f"--space {path} is not a file; pass a YAML search space such as configs/tune/mlp_space.yaml."
         )
-    space = yaml.safe_load(path.read_text()) or {}
-    for key, spec in space.items():
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if kind not in KINDS:
-            raise CifarlitError(f"--space {path}: '{key}' has type {kind!r}; use one of {', '.join(KINDS)}.")
-        needed = ("choices",) if kind == "categorical" else ("low", "high")
-        if any(n not in spec for n in needed):
-            raise CifarlitError(f"--space {path}: '{key}' ({kind}) needs {' and '.join(needed)}.")
+    try:
+        space = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CifarlitError(f"--space {path} cannot be read as YAML ({err.__class__.__name__}).") from None
     if not space:
         raise CifarlitError(f"--space {path} defines no options to search.")
+    if not isinstance(space, dict):
+        raise CifarlitError(
+            f"--space {path} holds a {type(space).__name__}, not a mapping of options to distributions such as "
+            "'model.dropout: {type: float, low: 0.0, high: 0.5}'."
+        )
+    for key, spec in space.items():
+        problem = _spec_problem(spec)
+        if problem:
+            raise CifarlitError(f"--space {path}: {key!r} {problem}.")
     return space
+
+
+SPEC_KEYS = {"float": {"low", "high", "log"}, "int": {"low", "high", "log"}, "categorical": {"choices"}}
+
+
+def _spec_problem(spec) -> str | None:
+    """What is wrong with one entry of a search space, or None."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in KINDS:
+        return f"has type {kind!r}; use one of {', '.join(KINDS)}"
+    needed = ("choices",) if kind == "categorical" else ("low", "high")
+    if not set(needed) <= set(spec) or not set(spec) - {"type"} <= SPEC_KEYS[kind]:
+        return f"({kind}) needs {' and '.join(needed)}, and takes {', '.join(sorted(SPEC_KEYS[kind]))} only"
+    if kind == "categorical":
+        choices, plain = spec["choices"], (type(None), bool, int, float, str)  # what Optuna stores
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, plain) for c in choices):
+            return "needs choices as a non-empty list of numbers or texts"
+        return None
+    number = int if kind == "int" else (int, float)
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    if not all(isinstance(v, number) and not isinstance(v, bool) for v in (low, high)) or not isinstance(log, bool):
+        return f"needs {kind} low and high and a true/false log"
+    if low > high or (log and low <= 0):
+        return f"has low {low} and high {high}; use low <= high{', both above 0 with log' if log else ''}"
+    return None
 
 
 def suggest(trial, space: dict[str, dict]) -> dict[str, object]:
@@ -82,25 +115,87 @@ def nested(values: dict[str, object]) -> dict:
 def open_storage(storage: str | None, study_name: str) -> tuple[object, str]:
     """``--storage`` as Optuna takes it, and its name: a database URL passes through, a ``*.journal`` path becomes
     a journal storage. Without one: ``lightning_logs/tune_<study>.journal``, or the SQLite file that was the default
-    before (``tune_<study>.db``) when only that exists, so a study started then still resumes."""
+    before (``tune_<study>.db``) when only that exists, so a study started then still resumes.
+
+    A file that is there must already be what it is named as (a SQLite database, an Optuna journal): Optuna would
+    otherwise write its own records into it."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if storage is None:
         journal, old = Path(f"lightning_logs/tune_{study_name}.journal"), Path(f"lightning_logs/tune_{study_name}.db")
         storage = f"sqlite:///{old}" if old.is_file() and not journal.exists() else str(journal)
     if "://" in storage:  # sqlite:///file.db for one worker; postgresql://... or mysql://... for many machines
-        if storage.startswith("sqlite:///"):
-            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if storage.startswith("sqlite:///") and storage != "sqlite:///":
+            _make_folder(storage, _check_file(storage, Path(storage.removeprefix("sqlite:///").split("?")[0])))
         return storage, storage
     if not storage.endswith(".journal"):
         raise CifarlitError(
             f"--storage={storage} is not valid: give a journal file ending in .journal or a database URL such as "
             "sqlite:///tune.db or postgresql://user@host/db."
         )
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(storage, _check_file(storage, Path(storage)))
     # Optuna appends each change to the file under its default lock, a symlink (atomic on local file systems and
     # NFS), the same lock optuna-dashboard and the optuna command take on this file.
-    return JournalStorage(JournalFileBackend(storage)), storage
+    try:
+        return JournalStorage(JournalFileBackend(storage)), storage
+    except OSError as err:
+        raise CifarlitError(f"--storage={storage} cannot be opened ({err.strerror or err}).") from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _check_file(storage: str, path: Path) -> Path:
+    """``path`` (a SQLite file or a journal), refused when it exists and is not one."""
+    if not path.exists():
+        return path
+    what = "a SQLite database" if storage.startswith("sqlite:") else "an Optuna journal"
+    try:
+        data = path.read_bytes() if path.is_file() else None
+    except OSError as err:
+        raise CifarlitError(f"--storage={storage}: {path} cannot be read ({err.strerror}).") from None
+    if data is None or not _is_storage(data, storage.startswith("sqlite:")):
+        raise CifarlitError(
+            f"--storage={storage}: {path} is not {what} (a folder, an empty or another file), so the study is not "
+            "written into it: pass a new file name or the file of an earlier study."
+        )
+    return path
+
+
+def _is_storage(data: bytes, sqlite: bool) -> bool:
+    if sqlite:  # SQLite would make an empty file a database; it holds no study, so it is someone else's file
+        return data.startswith(SQLITE_HEADER)
+    lines = data.split(b"\n")[:-1]  # complete lines; an empty journal is Optuna's own new file
+    try:
+        records = [json.loads(line) for line in lines]
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return (not data or bool(lines)) and all(isinstance(r, dict) and "op_code" in r for r in records)
+
+
+def _make_folder(storage: str, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CifarlitError(
+            f"--storage={storage}: the folder {path.parent} cannot be created ({err.strerror or err}): pass a path "
+            "you can write to."
+        ) from None
+
+
+def create_study(storage, where: str, **kwargs):
+    """``optuna.create_study`` on ``storage``, or one sentence when the storage cannot be opened (no driver for the
+    URL's database, a server that cannot be reached, a URL SQLAlchemy does not know)."""
+    import optuna
+
+    try:
+        return optuna.create_study(storage=storage, load_if_exists=True, **kwargs)
+    except Exception as err:  # SQLAlchemy, its drivers and Optuna raise many types
+        raise CifarlitError(
+            f"--storage={where} cannot be opened ({err.__class__.__name__}: {(str(err).splitlines() or [''])[0]}): "
+            "check the URL and that its server is reachable, install its Python driver (psycopg2 for postgresql://, "
+            "pymysql with mysql+pymysql://), or pass a journal file such as tune.journal."
+        ) from None
 
 
 def trial_seeded_sampler(seed: int, **tpe_kwargs):
@@ -201,11 +296,11 @@ def main(argv: list[str], run_fit: Callable) -> int:
     from optuna_integration import PyTorchLightningPruningCallback
 
     storage, where = open_storage(args.storage, args.study_name)
-    study = optuna.create_study(
+    study = create_study(  # loads the study if it exists: the same command resumes it, or joins its workers
+        storage,
+        where,
         study_name=args.study_name,
-        storage=storage,
         direction=args.direction,
-        load_if_exists=True,  # the same command resumes an interrupted search, or joins the workers running it
         # constant_liar (Optuna 5's default; 4.x warns it is experimental): trials still running in other workers
         # count as bad ones, so the workers do not all close in on one spot
         sampler=trial_seeded_sampler(args.seed, constant_liar=True),
