@@ -252,7 +252,7 @@ def test_the_classes_a_checkpoint_may_name_include_every_one_the_configs_name():
         model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
         named |= {(key, value["class_path"]) for key, value in model.items() if isinstance(value, dict)}
     assert {key for key, _ in named} == {"net", "optimizer", "lr_scheduler"}
-    allowed = checkpoints.allowed_classes()
+    allowed = checkpoints.allowed_classes(LitMLP.CHECKPOINT_MODULES)
     assert {path for _, path in named} <= set(allowed)
     assert "torch.optim.adam.Adam" in allowed and allowed["torch.optim.adam.Adam"] is torch.optim.Adam
     assert not any(cls.__module__.split(".")[0] not in ("cifarlit", "torch") for cls in allowed.values())

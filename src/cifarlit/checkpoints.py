@@ -12,9 +12,9 @@ Plain values can still steer code, so :func:`load_checkpoint` checks what they s
 - **hyperparameters** are handed to jsonargparse (LightningCLI merges them into the config; ``load_from_checkpoint``
   rebuilds the module from them), which imports whatever a ``class_path`` or a callable-typed value names and calls
   callable arguments. A checkpoint may name only the classes cifarlit ships for that option
-  (:func:`allowed_classes`) or the class the user's own config names, and no callable at all; its values must then
-  build a network of exactly the shapes of the file's weights, built on the meta device so that a crafted
-  ``image_shape`` of 100,000 x 100,000 allocates nothing;
+  (:func:`allowed_classes` of the module class's ``CHECKPOINT_MODULES``) or the class the user's own config
+  names, and no callable at all; its values must then build a network of exactly the shapes of the file's
+  weights, built on the meta device so that a crafted ``image_shape`` of 100,000 x 100,000 allocates nothing;
 - **the data module's state, the RNG states and Lightning's containers** must have the types and shapes cifarlit
   writes, so a foreign file gets one sentence instead of a traceback halfway through a restore;
 - **paths**: a resumed ``ModelCheckpoint`` later deletes its "previous" best, last and k-th best files recursively;
@@ -39,13 +39,9 @@ from typing import Any, Literal
 
 import torch
 
-from cifarlit import nets, schedules
 from cifarlit.errors import CifarlitError
 
 CHECKPOINT_HELP = "a checkpoint written by `cifarlit fit` (lightning_logs/<name>/version_N/checkpoints/*.ckpt)"
-# Where a checkpoint's class_path may point: the networks and schedules cifarlit ships and torch's optimizers and
-# schedulers. Which of their classes an option accepts follows from the option's type (see _factories).
-SHIPPED = (nets, schedules, torch.optim, torch.optim.lr_scheduler)
 INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module")
 DATA_KEY = "CIFAR10DataModule"  # the DataModule's state in a checkpoint: Lightning files it by class __qualname__
 RNG_KEY = "cifarlit_rng_states"  # LitMLP.on_save_checkpoint: one dict of model.rng_states() per process
@@ -219,12 +215,13 @@ def _is_bytes(value: Any, shape: torch.Size | None = None) -> bool:
 
 
 @cache
-def allowed_classes() -> dict[str, type]:
-    """Every class a checkpoint may name, by dotted name: the public classes of :data:`SHIPPED`, each under the
-    name its module shows and the one it is defined under (``torch.optim.Adam`` and ``torch.optim.adam.Adam``, as
-    LitMLP writes a factory built in Python)."""
+def allowed_classes(modules: tuple[types.ModuleType, ...]) -> dict[str, type]:
+    """Every class a checkpoint may name, by dotted name: the public classes of ``modules`` (a module class's
+    ``CHECKPOINT_MODULES``), each under the name its module shows and the one it is defined under
+    (``torch.optim.Adam`` and ``torch.optim.adam.Adam``, as LitMLP writes a factory built in Python). Which of them
+    an option accepts follows from the option's type (see :func:`_factories`)."""
     found = {}
-    for module in SHIPPED:
+    for module in modules:
         root = module.__name__.split(".")[0]
         for attr, obj in vars(module).items():
             if isinstance(obj, type) and not attr.startswith("_") and obj.__module__.split(".")[0] == root:
@@ -237,10 +234,11 @@ def check_hyperparameters(hparams: Any, model_class: type, name: str, trusted: M
     """Refuse hyperparameters that would make jsonargparse import or call code, before anything is imported.
 
     Every key must be an argument of ``model_class``. An argument typed as a factory (a callable returning a class,
-    e.g. ``optimizer``) must be ``{class_path, init_args}`` naming a class of :func:`allowed_classes` that the type
-    accepts, or the class ``trusted`` gives for it; its ``init_args`` must be arguments of that class. Every other
-    value must be plain data: a string only where the type is a string or a literal choice and nothing that could
-    be code, no mapping that names a class, anything not callable, at most :data:`MAX_DEPTH` deep.
+    e.g. ``optimizer``) must be ``{class_path, init_args}`` naming a class of :func:`allowed_classes` (of
+    ``model_class.CHECKPOINT_MODULES``) that the type accepts, or the class ``trusted`` gives for it; its
+    ``init_args`` must be arguments of that class. Every other value must be plain data: a string only where the
+    type is a string or a literal choice and nothing that could be code, no mapping that names a class, at most
+    :data:`MAX_DEPTH` deep.
     """
     _check_size(hparams, name)
     hints, factories = _hints(model_class), _factories(model_class)
@@ -253,19 +251,22 @@ def check_hyperparameters(hparams: Any, model_class: type, name: str, trusted: M
         elif not isinstance(key, str) or key not in arguments or key.startswith("_"):
             raise _refused(name, where, f"is not an argument of {model_class.__name__}")
         elif key in factories:
-            _check_factory(value, key, factories[key], (trusted or {}).get(key), name)
+            allowed = allowed_classes(getattr(model_class, "CHECKPOINT_MODULES", ()))
+            _check_factory(value, key, factories[key], allowed, (trusted or {}).get(key), name)
         else:
             _check_value(value, hints.get(key, Any), where, name)
 
 
-def _check_factory(value: Any, key: str, factory: tuple[int, tuple[type, ...]], trusted: str | None, name: str) -> None:
+def _check_factory(
+    value: Any, key: str, factory: tuple[int, tuple[type, ...]], shipped: dict, trusted: str | None, name: str
+) -> None:
     where, (given, returns) = f"hyper_parameters.{key}", factory
     if value is None:
         return
     if not isinstance(value, dict) or not set(value) <= {"class_path", "init_args"}:
         raise _refused(name, where, f"is {_short(value)}, not the {{class_path, init_args}} of a class")
     path = value.get("class_path")
-    allowed = {n: c for n, c in allowed_classes().items() if issubclass(c, returns) and c not in returns}
+    allowed = {n: c for n, c in shipped.items() if issubclass(c, returns) and c not in returns}
     cls = allowed.get(path) if isinstance(path, str) else None
     if cls is None and isinstance(path, str) and path == trusted:
         cls = _imported_class(path)
@@ -297,13 +298,15 @@ def _check_value(value: Any, hint: Any, where: str, name: str) -> None:
             return
         if isinstance(item, str):
             if not strings:  # jsonargparse reads a string there as an import path (or YAML)
-                raise _refused(name, at, f"is the string {_short(item)} where {_type_name(hint)} is expected")
+                where_code = "which would be imported as code there"
+                expected = where_code if code else f"where {_type_name(hint)} is expected"
+                raise _refused(name, at, f"is the string {_short(item)}, {expected}")
         elif isinstance(item, (list, tuple)):
             for i, element in enumerate(item):
                 walk(element, f"{at}[{i}]")
         elif isinstance(item, dict):
             if code or "class_path" in item:  # a mapping there is read as a class to import and build
-                raise _refused(name, at, f"is a mapping where {_type_name(hint)} is expected")
+                raise _refused(name, at, "is a mapping, which would be imported and built as a class there")
             for k, element in item.items():
                 if not isinstance(k, str):
                     raise _refused(name, at, f"has the key {_short(k)}, not a name")
@@ -343,7 +346,7 @@ def check_network(ckpt: dict, model_class: type, name: str) -> None:
     differ = sorted(k for k in built.keys() | found.keys() if built.get(k) != found.get(k))
     if differ:
         detail = "; ".join(
-            f"{k}: {found.get(k, 'absent')} in the file, {built.get(k, 'absent')} built" for k in differ[:3]
+            f"{k}: {found.get(k, 'absent')} in the file, {built.get(k, 'absent')} built" for k in differ[:2]
         )
         raise CifarlitError(
             f"{name}: its hyper_parameters describe another network than the weights it holds ({len(differ)} "

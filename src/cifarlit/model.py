@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from cifarlit import nets, schedules
 from cifarlit.errors import CifarlitError
 from cifarlit.nets import MLP
 
@@ -66,6 +67,10 @@ class LitMLP(L.LightningModule):
         label_smoothing: training loss only (val/test report plain cross-entropy, comparable across runs).
         compile: run the network through ``torch.compile`` (worth it on a GPU; compiling takes a minute).
     """
+
+    # Where the classes a checkpoint's hyperparameters may name come from (``checkpoints.check_hyperparameters``):
+    # cifarlit's networks and schedules, torch's optimizers and LR schedulers.
+    CHECKPOINT_MODULES = (nets, schedules, torch.optim, torch.optim.lr_scheduler)
 
     def __init__(
         self,
