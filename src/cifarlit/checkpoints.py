@@ -139,21 +139,22 @@ def check_data_state(state: Any, hparams: dict, name: str) -> None:
     them (and as the checkpoint's ``hparams`` say)."""
     if not isinstance(state, dict):
         raise _foreign(name, DATA_KEY, state, "the data's statistics, classes and image shape as a mapping")
-    shape = state.get("image_shape", hparams.get("image_shape"))
+    trained = hparams.get("image_shape")
+    shape = trained if _valid_shape(trained) else None
     if "image_shape" in state:
+        shape = state["image_shape"]
         _check_shape(shape, f"{DATA_KEY}.image_shape", name)
-        if "image_shape" in hparams and list(hparams["image_shape"]) != list(shape):
-            trained = f"hyper_parameters.image_shape {hparams['image_shape']}"
-            raise _foreign(name, f"{DATA_KEY}.image_shape", shape, trained)
+        if isinstance(trained, list | tuple) and list(trained) != list(shape):
+            raise _foreign(name, f"{DATA_KEY}.image_shape", shape, f"hyper_parameters.image_shape {trained}")
+    channels = shape[0] if shape is not None else 3  # checkpoints from before the shape was stored are RGB
     for key in ("mean", "std"):
         value = state.get(key)
         if value is None:  # absent: export says so in its own words; fit and test compute them again
             continue
-        channels = shape[0] if shape is not None else 3
         if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == (channels,)):
             raise _foreign(name, f"{DATA_KEY}.{key}", value, f"a float tensor of one value per channel ({channels})")
         if not torch.isfinite(value).all() or (key == "std" and not (value > 0).all()):
-            raise _foreign(name, f"{DATA_KEY}.{key}", value.tolist(), "finite values (and a std above 0)")
+            raise _foreign(name, f"{DATA_KEY}.{key}", value, "finite values (and a std above 0)")
     classes = state.get("classes")
     if classes is not None:
         if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
@@ -165,9 +166,13 @@ def check_data_state(state: Any, hparams: dict, name: str) -> None:
 
 
 def _check_shape(shape: Any, where: str, name: str) -> None:
-    ok = isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_int(n) for n in shape)
-    if not (ok and shape[0] in (1, 3) and all(1 <= n <= MAX_SIDE for n in shape[1:])):
+    if not _valid_shape(shape):
         raise _foreign(name, where, shape, f"(channels, height, width) with 1 or 3 channels and sides of 1..{MAX_SIDE}")
+
+
+def _valid_shape(shape: Any) -> bool:
+    ok = isinstance(shape, list | tuple) and len(shape) == 3 and all(_is_int(n) for n in shape)
+    return ok and shape[0] in (1, 3) and all(1 <= n <= MAX_SIDE for n in shape[1:])
 
 
 def _check_rng_states(states: Any, name: str) -> None:
@@ -192,11 +197,12 @@ def _check_rng_states(states: Any, name: str) -> None:
             kind, keys, pos, has_gauss, cached = numpy_state
             ok = (kind == "MT19937" and isinstance(keys, torch.Tensor) and keys.dtype == torch.int64
                   and keys.shape == (624,) and bool(((keys >= 0) & (keys < 2**32)).all()) and _is_int(pos)
-                  and 0 <= pos <= 624 and has_gauss in (0, 1) and isinstance(cached, (int, float)))  # fmt: skip
+                  and 0 <= pos <= 624 and _is_int(has_gauss) and has_gauss in (0, 1)
+                  and isinstance(cached, int | float))  # fmt: skip
         if not ok:
             raise _foreign(name, f"{where}.numpy", numpy_state, "NumPy's MT19937 state (name, 624 keys, pos, gauss)")
         python = state["python"]
-        ok = isinstance(python, (list, tuple)) and len(python) == 3 and python[0] == 3
+        ok = isinstance(python, list | tuple) and len(python) == 3 and _is_int(python[0]) and python[0] == 3
         if ok:
             internal, gauss = python[1], python[2]
             ok = (isinstance(internal, (list, tuple)) and len(internal) == 625
@@ -533,7 +539,9 @@ def _short(value: Any) -> str:
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(hint)).replace("typing.", "")
+    """``list[int]``, ``float | list[float]``, ``Tensor``: a type as a message shows it, without module paths."""
+    plain_class = isinstance(hint, type) and typing.get_origin(hint) is None
+    return hint.__name__ if plain_class else re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(hint))
 
 
 def _is_int(value: Any) -> bool:
