@@ -100,8 +100,6 @@ def load_checkpoint(
 def check_restorable(ckpt: dict, name: str) -> None:
     """Refuse, in one sentence, a checkpoint part that a restore would fail on or misread: Lightning's containers,
     the hyperparameters' and the DataModule's image shape and classes, and the RNG states."""
-    from packaging.version import InvalidVersion, Version
-
     containers = {"state_dict": dict, "hyper_parameters": dict, "callbacks": dict, "loops": dict,
                   "optimizer_states": list, "lr_schedulers": list}  # fmt: skip
     for key, kind in containers.items():
@@ -118,12 +116,9 @@ def check_restorable(ckpt: dict, name: str) -> None:
     for key in ("epoch", "global_step"):
         if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] >= 0):
             raise _foreign(name, key, ckpt[key], "a count >= 0")
-    version = ckpt.get("pytorch-lightning_version")
-    try:
-        recent = isinstance(version, str) and Version(version) >= Version("2.0")
-    except InvalidVersion:
-        recent = False
-    if not recent:
+    version = ckpt.get("pytorch-lightning_version")  # Lightning migrates older files, which cifarlit never wrote
+    major = re.match(r"(\d+)\.\d+", version) if isinstance(version, str) else None
+    if major is None or int(major.group(1)) < 2:
         raise _foreign(name, "pytorch-lightning_version", version, "the Lightning (2.0 or later) that wrote it")
     hparams = ckpt.get("hyper_parameters", {})
     if "image_shape" in hparams:
