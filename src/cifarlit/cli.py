@@ -3,6 +3,7 @@ export, tune and prepare."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must ne
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from cifarlit import checkpoints, runs  # noqa: E402
+from cifarlit import checkpoints, runs, transfer  # noqa: E402
 from cifarlit.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
 from cifarlit.data import CIFAR10DataModule  # noqa: E402
 from cifarlit.errors import CifarlitError, report  # noqa: E402
@@ -50,17 +51,25 @@ class CifarCLI(LightningCLI):
         config = self.config.get(subcommand) if subcommand else None
         if config is None:
             return
+        if config.get("trainer") is not None:
+            check_trainer_numbers(config.trainer)
         ckpt = config.get("ckpt_path")
         if subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
             raise CifarlitError(
                 f"predict needs --ckpt_path with a checkpoint file written by `cifarlit fit` (got {ckpt!r}), e.g. "
                 "lightning_logs/default/version_0/checkpoints/last.ckpt."
             )
-        # Refused here, in one sentence, before LightningCLI reads the file for its hyperparameters.
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
-            state = checkpoints.load_checkpoint(Path(ckpt))
+        # A keyword becomes the file it means, so that file is checked like any other (Lightning would read it
+        # unchecked); refused here, in one sentence, before LightningCLI reads the file for its hyperparameters.
+        if "ckpt_path" in config:
+            ckpt = config.ckpt_path = runs.checkpoint_file(ckpt, subcommand, config)
+        if ckpt:
+            state = checkpoints.load_checkpoint(Path(ckpt), LitMLP, trusted=_named_classes(config))
             if subcommand != "predict":  # predict reads new images at the trained size whatever the options say
                 check_image_shape(state, config.data, ckpt)
+        elif subcommand == "fit" and (config.get("model") or {}).get("init_from"):
+            # read when the fit starts (LitMLP.setup); read here too, so a bad file leaves no run folder behind
+            transfer.read_weights(Path(config.model.init_from))
         if "weights_only" in config:  # what Lightning's own reads use: tensors and plain values, never code
             if config.weights_only is False:
                 raise CifarlitError(
@@ -121,6 +130,68 @@ def check_image_shape(state: dict, data, ckpt: str) -> None:
             f"--ckpt_path {ckpt} was trained on images of shape {list(trained)} (channels, height, width), but "
             f"data.image_size/data.channels give {wanted}: set them as in training."
         )
+
+
+# Trainer options whose invalid values Lightning reports as a traceback (or a division by zero, or not at all):
+# each with what is valid, checked before anything is built.
+TRAINER_NUMBERS = {
+    "max_epochs": ("a whole number >= 0, or -1 for no limit", lambda v: v is None or _whole(v, -1)),
+    "min_epochs": ("a whole number >= 0", lambda v: v is None or _whole(v, 0)),
+    "max_steps": ("a whole number >= 0, or -1 for no limit", lambda v: _whole(v, -1)),
+    "min_steps": ("a whole number >= 0", lambda v: v is None or _whole(v, 0)),
+    "accumulate_grad_batches": ("a whole number >= 1", lambda v: _whole(v, 1)),
+    "check_val_every_n_epoch": ("a whole number >= 1, or null", lambda v: v is None or _whole(v, 1)),
+    "log_every_n_steps": ("a whole number >= 0 (0: never)", lambda v: v is None or _whole(v, 0)),
+    "num_sanity_val_steps": ("a whole number >= 0, or -1 for the whole split", lambda v: v is None or _whole(v, -1)),
+    "reload_dataloaders_every_n_epochs": ("a whole number >= 0", lambda v: _whole(v, 0)),
+    "num_nodes": ("a whole number >= 1", lambda v: _whole(v, 1)),
+    "devices": ("a count >= 1, -1 for all, 'auto' or a list of device indices", lambda v: _devices(v)),
+    "fast_dev_run": ("true, false or a number of batches >= 0", lambda v: isinstance(v, bool) or _whole(v, 0)),
+    "gradient_clip_val": ("a number >= 0, or null", lambda v: v is None or _number(v, 0)),
+    "val_check_interval": ("a fraction of an epoch in (0, 1] or a whole number of batches >= 1",
+                           lambda v: not _number(v, -math.inf) or _share(v, 1) and v != 0),
+    "overfit_batches": ("a fraction in [0, 1] or a whole number of batches >= 0", lambda v: _share(v, 0)),
+}  # fmt: skip
+TRAINER_NUMBERS |= {
+    f"limit_{split}_batches": ("a fraction in [0, 1] or a whole number of batches >= 0, or null",
+                               lambda v: v is None or _share(v, 0))
+    for split in ("train", "val", "test", "predict")
+}  # fmt: skip
+
+
+def check_trainer_numbers(trainer) -> None:
+    """Refuse a Trainer count or fraction out of its range, naming the option, the value and what is valid."""
+    for option, (valid, ok) in TRAINER_NUMBERS.items():
+        value = trainer.get(option)
+        if option in trainer and not ok(value):
+            raise CifarlitError(f"trainer.{option}={value!r} is not valid: use {valid}.")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _number(value, least: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= least
+
+
+def _share(value, least_count: int) -> bool:
+    """A fraction in [0, 1] (a float) or a count (an int) of at least ``least_count``."""
+    return _whole(value, least_count) or (isinstance(value, float) and 0 <= value <= 1)
+
+
+def _devices(value) -> bool:
+    """A device count is -1 (all) or >= 1; "0" arrives as a string (devices may also be a list or "auto")."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    return not isinstance(value, int) or isinstance(value, bool) or value == -1 or value >= 1
+
+
+def _named_classes(config) -> dict[str, str]:
+    """The class paths the user's own config names for the model's factories: a checkpoint may name them too."""
+    model = config.get("model") or {}
+    named = {key: getattr(model.get(key), "class_path", None) for key in ("net", "optimizer", "lr_scheduler")}
+    return {key: path for key, path in named.items() if isinstance(path, str)}
 
 
 def run_fit(args: list[str], extra_callbacks: list | None = None) -> CifarCLI:

@@ -50,7 +50,9 @@ def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
     """The checkpoint's network wrapped for export, and its input shape ``(C, H, W)``."""
     from cifarlit.model import LitMLP
 
-    ckpt = checkpoints.load_checkpoint(ckpt_path)  # tensors and plain values only: a crafted file runs nothing
+    # tensors and plain values only, every part checked (classes it names, shapes, statistics): a crafted file
+    # runs nothing and allocates nothing big before it is refused
+    ckpt = checkpoints.load_checkpoint(ckpt_path, LitMLP)
     data_state = ckpt.get(CIFAR10DataModule.__qualname__)  # the DataModule's state_dict(): mean, std, classes
     if data_state is None or data_state.get("mean") is None:
         raise CifarlitError(

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from cifarlit import nets, schedules
 from cifarlit.errors import CifarlitError
 from cifarlit.nets import MLP
 
@@ -66,6 +67,10 @@ class LitMLP(L.LightningModule):
         label_smoothing: training loss only (val/test report plain cross-entropy, comparable across runs).
         compile: run the network through ``torch.compile`` (worth it on a GPU; compiling takes a minute).
     """
+
+    # Where the classes a checkpoint's hyperparameters may name come from (``checkpoints.check_hyperparameters``):
+    # cifarlit's networks and schedules, torch's optimizers and LR schedulers.
+    CHECKPOINT_MODULES = (nets, schedules, torch.optim, torch.optim.lr_scheduler)
 
     def __init__(
         self,
@@ -252,11 +257,19 @@ class LitMLP(L.LightningModule):
         checkpoint["cifarlit_rng_states"] = _gather(rng_states())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("cifarlit_rng_states")
+        # Lightning calls this before it restores the data module and the callbacks, whichever way the file came
+        # (the CLI checked it already; Python code, SLURM's hpc resume and testing the best checkpoint did not).
+        from cifarlit import checkpoints
+
+        trainer = self._trainer
+        checkpoints.check_restorable(checkpoint, f"--ckpt_path {trainer.ckpt_path}" if trainer else "the checkpoint")
+        if trainer is not None:  # nothing a crafted file names outside the run's checkpoint folder is ever removed
+            checkpoints.confine_paths(checkpoint, trainer.callbacks, warn=trainer.state.fn == "fit")
+        states = checkpoint.get(checkpoints.RNG_KEY)
         if isinstance(states, dict):  # a checkpoint of one process, or from before the states were per rank
             states = [states]
         if states:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
+            rank = trainer.global_rank if trainer is not None else 0
             set_rng_states(states[rank] if rank < len(states) else states[0])
 
     def configure_optimizers(self):
@@ -382,7 +395,8 @@ def _gather(state: dict) -> list[dict]:
 
 
 def rng_states() -> dict:
-    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with weights_only=True)."""
+    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with weights_only=True); a
+    checkpoint's are checked against this layout before they are restored (``checkpoints.check_restorable``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),

@@ -1,4 +1,5 @@
-"""Where a run writes: its own ``<save_dir>/<name>/version_N`` folder, or the folder of the run it resumes.
+"""Where a run writes: its own ``<save_dir>/<name>/version_N`` folder, or the folder of the run it resumes; and which
+checkpoint file ``--ckpt_path last|best|hpc`` means.
 
 TensorBoardLogger picks the next free ``version_N`` when it first writes, so two runs started together pick the
 same one and write into each other's folder. The CLI settles the folder before anything is built instead: a
@@ -9,33 +10,105 @@ process, so two runs never share one).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from cifarlit import checkpoints
 from cifarlit.errors import CifarlitError
 
 
-def resume_into_same_run(config, ckpt: str) -> None:
-    """Point the TensorBoard logger at the run being resumed, so curves and checkpoints continue in one folder.
+def checkpoint_file(ckpt: str | None, subcommand: str, config) -> str | None:
+    """The file ``--ckpt_path`` means, so that the CLI checks that file whatever the option said.
 
-    ``--ckpt_path last`` resumes the newest ``version_N`` of the configured logger name; a checkpoint path
-    inside ``<save_dir>/<name>/version_N/checkpoints/`` resumes that run.
+    A path stays as given. ``last`` is the newest run's ``last.ckpt`` (of the configured TensorBoard logger name,
+    or ``<default_root_dir>/checkpoints`` without a logger); ``fit`` without one starts afresh, as Lightning does.
+    ``best`` is the best checkpoint that run's ``last.ckpt`` names inside its own checkpoint folder. ``hpc`` (and,
+    under SLURM, no ``--ckpt_path``) is the newest ``hpc_ckpt_N.ckpt`` in ``default_root_dir``, which Lightning
+    writes when SLURM preempts a run. Anything else Lightning would resolve (``registry``) is refused.
     """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    root = Path(config.trainer.get("default_root_dir") or ".")
+    if ckpt is None and SLURMEnvironment.detect():  # Lightning resumes from this one unasked
+        return _newest_hpc(root)
+    if ckpt and (ckpt.lower() == "registry" or ckpt.lower().startswith("registry:")):
+        raise CifarlitError(
+            f"--ckpt_path {ckpt} (Lightning's model registry) is not supported: it downloads a checkpoint from "
+            "Lightning AI; download it yourself and pass the file."
+        )
+    if ckpt not in ("last", "best", "hpc"):
+        return ckpt
+    if ckpt == "hpc":
+        found = _newest_hpc(root)
+        if found is None:
+            raise CifarlitError(
+                f"--ckpt_path hpc found no hpc_ckpt_N.ckpt in {root} (Lightning writes one there when SLURM "
+                "preempts a run); pass a checkpoint file."
+            )
+        return found
+    folder, where = _checkpoint_folder(config)
+    last = folder / "last.ckpt" if folder is not None else None
+    if last is None or not last.is_file():
+        if ckpt == "last" and subcommand == "fit":
+            print(f"--ckpt_path last: no last.ckpt in {where} yet, so the run starts afresh.", file=sys.stderr)
+            return None
+        raise CifarlitError(f"--ckpt_path {ckpt} found no last.ckpt in {where}; pass a checkpoint file.")
+    return str(last) if ckpt == "last" else _best_named_in(last, folder)
+
+
+def _best_named_in(last: Path, folder: Path) -> str:
+    """The best checkpoint ``last``'s first monitoring ModelCheckpoint names, if it lies inside ``folder``."""
+    state = checkpoints.load(last, f"--ckpt_path best (read from {last})")
+    callbacks = state.get("callbacks") if isinstance(state, dict) else None
+    for callback in callbacks.values() if isinstance(callbacks, dict) else ():
+        if isinstance(callback, dict) and callback.get("monitor") and callback.get("best_model_path"):
+            best = callback["best_model_path"]
+            if checkpoints.inside(best, str(folder)) and Path(best).is_file():
+                return best
+    raise CifarlitError(
+        f"--ckpt_path best: {last} names no best checkpoint inside {folder} (no ModelCheckpoint with a monitor "
+        "saved one there); pass a checkpoint file."
+    )
+
+
+def _checkpoint_folder(config) -> tuple[Path | None, str]:
+    """The checkpoint folder of the run ``--ckpt_path last`` continues, and how to name where it was looked for."""
+    args = _tensorboard_args(config)
+    logger = config.trainer.get("logger")
+    if args is None:
+        if logger is None or logger is False:  # Lightning's checkpoints then go to <default_root_dir>/checkpoints
+            folder = Path(config.trainer.get("default_root_dir") or ".") / "checkpoints"
+            return folder, str(folder)
+        return None, "this logger's folders (cifarlit finds runs of a TensorBoardLogger)"
+    run_root = _run_root(args)
+    version = args.get("version")
+    if version is not None:
+        run = run_root / (version if isinstance(version, str) else f"version_{version}")
+        return run / "checkpoints", str(run / "checkpoints")
+    versions = sorted(
+        (int(p.name[8:]), p) for p in run_root.glob("version_*")
+        if p.name[8:].isdigit() and (p / "checkpoints" / "last.ckpt").is_file()
+    )  # fmt: skip
+    where = f"{run_root}/version_*/checkpoints"
+    return (versions[-1][1] / "checkpoints", where) if versions else (None, where)
+
+
+def _newest_hpc(folder: Path) -> str | None:
+    numbers = [int(p.stem[9:]) for p in folder.glob("hpc_ckpt_*.ckpt") if p.stem[9:].isdigit()]
+    return str(folder / f"hpc_ckpt_{max(numbers)}.ckpt") if numbers else None
+
+
+def resume_into_same_run(config, ckpt: str) -> None:
+    """Point the TensorBoard logger at the run being resumed, so curves and checkpoints continue in one folder:
+    a checkpoint inside ``<save_dir>/<name>/version_N/checkpoints/`` resumes that run (``--ckpt_path last`` is
+    that file by now, see :func:`checkpoint_file`)."""
     args = _tensorboard_args(config)
     if args is None or args.get("version") is not None:
         return
     run_root = _run_root(args)
-    if ckpt == "last":
-        versions = sorted(
-            (int(p.name.split("_")[1]), p)
-            for p in run_root.glob("version_*")
-            if p.name.split("_")[1].isdigit() and (p / "checkpoints" / "last.ckpt").is_file()
-        )
-        if versions:
-            args.version = versions[-1][0]
-        return
     path = Path(ckpt).resolve()
     if path.parent.name == "checkpoints" and path.parent.parent.parent == run_root.resolve():
         version = path.parent.parent.name

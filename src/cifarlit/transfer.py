@@ -40,14 +40,24 @@ class LoadReport:
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """The network's tensors (the LightningModule's ``net.`` prefix removed) and, for a cifarlit checkpoint, the
     class names its head was trained on."""
-    obj = checkpoints.load(path, f"model.init_from={path}", WEIGHTS_HELP)
+    name = f"model.init_from={path}"
+    obj = checkpoints.load(path, name, WEIGHTS_HELP)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CifarlitError(f"model.init_from={path} holds no state_dict of tensors; pass {WEIGHTS_HELP}.")
+    tensors = isinstance(state, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    )
+    if not tensors:
+        raise CifarlitError(f"{name} holds no state_dict of named tensors; pass {WEIGHTS_HELP}.")
     if any(k.startswith("net.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    data_state = obj.get("CIFAR10DataModule") if isinstance(obj, dict) else None
-    classes = data_state.get("classes") if isinstance(data_state, dict) else None
+    classes = None
+    if checkpoints.DATA_KEY in obj:  # a cifarlit checkpoint: its class names decide whether the head is kept
+        hparams = obj.get("hyper_parameters")
+        try:  # the check --ckpt_path makes, in init_from's words
+            checkpoints.check_data_state(obj[checkpoints.DATA_KEY], hparams if isinstance(hparams, dict) else {}, name)
+        except CifarlitError as err:
+            raise CifarlitError(str(err).replace(checkpoints.CHECKPOINT_HELP, WEIGHTS_HELP)) from None
+        classes = obj[checkpoints.DATA_KEY].get("classes")
     return state, list(classes) if classes else None
 
 
