@@ -73,9 +73,6 @@ def list_dataset(root: Path, size: int = sources.CIFAR_SIZE, channels: int = 3) 
         folder = root / sources.PICKLE_DIR
         return _list_pickle(folder, sources.pickle_classes(folder), size, channels)
     listing = sources.list_image_folder(root)
-    dangling = [(path[listing.rel :], "FileNotFoundError") for items in listing.splits.values()
-                for path, _, nbytes, _ in items if nbytes < 0]  # fmt: skip
-    sources._report_unreadable(dangling, str(root), skip=False)  # links to nothing: refused before any is written
     train, test = listing.splits["train"], listing.splits.get("test")
     return Listing(
         classes=listing.classes,

@@ -54,6 +54,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # never tried, so no file is handed to another program (EPS and PS go to Ghostscript).
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 ARCHIVE_MAX_BYTES = 256 * 2**20  # unpacked at most: CIFAR-10's archive unpacks to 178 MB (with its tar headers)
+ARCHIVE_MAX_RATIO = 4  # unpacked bytes per archive byte, at most (+1 MB): CIFAR-10's pixels barely compress (1.05)
 ARCHIVE_MAX_MEMBERS = 100  # CIFAR-10's holds 9: a folder, 7 batch files and a readme
 CACHE_NAME = ".cifarlit-cache.npz"
 LOCK_NAME = ".cifarlit-cache.lock"  # held while a run checks, decodes and writes the cache
@@ -197,10 +198,12 @@ def _extract(archive: Path, root: Path) -> None:
     tmp = root / f"{EXTRACT_PREFIX}{_owner()}"
     try:
         try:
-            with open_regular(archive) as raw, _reading(raw, archive.stat().st_size, "extracting") as f:
+            size = archive.stat().st_size
+            limit = min(ARCHIVE_MAX_BYTES, ARCHIVE_MAX_RATIO * size + 2**20)
+            with open_regular(archive) as raw, _reading(raw, size, "extracting") as f:
                 with gzip.GzipFile(fileobj=f) as unzipped:  # type: ignore[arg-type]
                     # stream mode ("r|"): tarfile reads the bytes once, in order, through the counter
-                    with tarfile.open(fileobj=_Capped(unzipped, archive), mode="r|") as tar:
+                    with tarfile.open(fileobj=_Capped(unzipped, limit, archive), mode="r|") as tar:
                         _unpack(tar, tmp, archive)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             raise DataError(
@@ -234,18 +237,22 @@ def _check_md5(archive: Path, root: Path) -> None:
 
 
 class _Capped:
-    """A file's ``read`` that refuses to go past :data:`ARCHIVE_MAX_BYTES`: counted on the unpacked bytes, so a
-    small archive that unpacks to gigabytes, or a header that lies about its size, stops there."""
+    """A file's ``read`` that refuses to go past ``limit`` bytes: counted on the unpacked bytes, so a small
+    archive that unpacks to gigabytes, or a header that lies about its size, stops there."""
 
-    def __init__(self, f: BinaryIO, archive: Path) -> None:
-        self.f, self.archive, self.read_so_far = f, archive, 0
+    def __init__(self, f: BinaryIO, limit: int, archive: Path) -> None:
+        self.f, self.limit, self.archive, self.read_so_far = f, limit, archive, 0
 
     def read(self, size: int = -1) -> bytes:
-        left = ARCHIVE_MAX_BYTES - self.read_so_far
+        left = self.limit - self.read_so_far
         data = self.f.read(left + 1 if size < 0 or size > left else size)
         self.read_so_far += len(data)
-        if self.read_so_far > ARCHIVE_MAX_BYTES:
-            _unsafe(self.archive, f"it unpacks to more than {ARCHIVE_MAX_BYTES // 2**20} MB")
+        if self.read_so_far > self.limit:
+            _unsafe(
+                self.archive,
+                f"it unpacks to more than {self.limit / 2**20:.1f} MB ({ARCHIVE_MAX_RATIO} times its size plus 1 MB, "
+                f"at most {ARCHIVE_MAX_BYTES // 2**20} MB)",
+            )
         return data
 
 
@@ -278,6 +285,11 @@ def _unpack(tar: tarfile.TarFile, folder: Path, archive: Path) -> None:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_member(tar.extractfile(member), target)  # type: ignore[arg-type]
+    # tarfile stops quietly at a block that is not a header: what follows the last entry must be padding, or a
+    # header lied about its size (the rest is read through the counter too)
+    for block in iter(lambda: tar.fileobj.read(2**16), b""):  # type: ignore[union-attr]
+        if block.strip(b"\0"):
+            _unsafe(archive, "it has data after its last entry (a header that lies about a size)")
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -386,6 +398,32 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+def image_count(root: Path) -> int:
+    """About how many images ``root`` holds, counted without reading one (CIFAR-10's 60,000 for an archive or
+    nothing yet, to be downloaded), for a memory estimate before anything is built."""
+    try:
+        if detect_format(root) == "folder":
+            class_dirs = [d for split in ("train", "test") if (root / split).is_dir() for d in (root / split).iterdir()]
+            return sum(
+                entry.name.lower().endswith(IMAGE_EXTENSIONS)
+                for d in class_dirs
+                if d.is_dir()
+                for entry in os.scandir(d)
+            )
+        if detect_format(root) == "pickle":  # 3,072 bytes of pixels and a label an image
+            return sum(p.stat().st_size for p in (root / PICKLE_DIR).glob("*_batch*")) // 3073
+    except OSError:  # unreadable: the reading says so, in its own words
+        return 0
+    return 60_000
+
+
+def check_fits(root: Path, size: int, channels: int) -> None:
+    """Refuse ``data.image_size`` when the images of ``root`` at that size cannot be held in memory (see
+    :func:`check_memory`): decoded then stacked (2 bytes a pixel), or CIFAR-10 resized in float32 (5)."""
+    copies = 2 if detect_format(root) == "folder" else 1 if (size, channels) == (CIFAR_SIZE, 3) else 5
+    check_memory(image_count(root), size, channels, copies, f"the images of {root}")
 
 
 def check_memory(count: int, size: int, channels: int, copies: int, what: str, hint: str | None = None) -> None:
