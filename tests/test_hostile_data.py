@@ -285,6 +285,21 @@ def test_a_hostile_archive_is_refused_by_its_md5_first(variant, bombs, tmp_path)
     assert_nothing_unpacked(root)
 
 
+@pytest.mark.parametrize("entry", ["fifo", "link-to-nothing"])
+@pytest.mark.parametrize("reader", ARCHIVE_READERS)
+def test_an_archive_name_that_is_not_a_file_is_neither_read_nor_downloaded_into(entry, reader, tmp_path):
+    root = tmp_path / "parent" / "data"
+    root.mkdir(parents=True)
+    (root.parent / "sentinel.txt").write_text("keep")
+    if entry == "fifo":
+        os.mkfifo(root / sources.ARCHIVE)  # reading it, or downloading into it, would wait forever
+    else:
+        os.symlink(tmp_path / "moved-away.tar.gz", root / sources.ARCHIVE)
+    message = refusal(ARCHIVE_READERS[reader], root, tmp_path)
+    assert message.startswith(f"{root / sources.ARCHIVE} is not a regular file, so it was neither read nor")
+    assert_nothing_unpacked(root)
+
+
 def write_archive(pickle_root: Path, root: Path) -> Path:
     root.mkdir(parents=True)
     with tarfile.open(root / sources.ARCHIVE, "w:gz") as tar:
@@ -818,11 +833,11 @@ def test_predict_ids_round_trip_through_the_csv_or_are_refused(own_run, tmp_path
 
 
 GIB = 2**30
-SIZE_READERS = {  # reader, and how many bytes a pixel of how many images it holds at once
-    "fit (pickle)": (lambda root, size: read_fit(root / "pickle", size, val_size=20), 5, 250),  # counted by size
-    "sources.load (pickle)": (lambda root, size: len(sources.load(root / "pickle", size=size).train_y), 5, 250),
-    "fit (folder)": (lambda root, size: read_fit(root / "folder", size), 2, 8),
-    "explore": (lambda root, size: read_explore(root / "folder", size), 2, 8),
+SIZE_READERS = {  # reader, how many times over it holds the images, and how many it counts
+    "fit (pickle)": (lambda root, size: read_fit(root / "pickle", size, val_size=20), 3, 250),  # counted by size
+    "sources.load (pickle)": (lambda root, size: len(sources.load(root / "pickle", size=size).train_y), 1, 250),
+    "fit (folder)": (lambda root, size: read_fit(root / "folder", size), 3, 8),
+    "explore": (lambda root, size: read_explore(root / "folder", size), 3, 8),
     "prepare": (lambda root, size: prepare.list_dataset(root / "folder", size), 2, prepare.STATS_BATCH),
     "predict": (lambda root, size: read_predict(root / "folder" / "train" / "a", size), 2, 3),
 }
@@ -837,7 +852,8 @@ def test_an_image_size_that_cannot_fit_in_memory_is_refused_before_any_is_alloca
     read, copies, count = SIZE_READERS[reader]
     message = refusal(read, tmp_path, 100_000)
     assert message.startswith("data.image_size=100000 is too large for the memory here: ")
-    assert f", {count} images at 100000x100000x3, need " in message and "and 1.0 GiB is available" in message
+    assert f" ({count} images at 100000x100000x3, held {copies} times over) need " in message
+    assert "and 1.0 GiB is available" in message
     largest = int(re.search(r"use data.image_size (\d+) or less", message).group(1))
     assert count * 3 * copies * largest**2 <= GIB < count * 3 * copies * (largest + 1) ** 2  # the largest that fits
     if reader != "prepare":  # for prepare the count is one batch: the folder is smaller

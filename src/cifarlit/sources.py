@@ -61,6 +61,7 @@ LOCK_NAME = ".cifarlit-cache.lock"  # held while a run checks, decodes and write
 EXTRACT_PREFIX = ".cifarlit-extract-"  # + host-pid: the archive is unpacked here, then moved into place
 CACHE_VERSION = 1
 CIFAR_SIZE = 32  # CIFAR-10's images are 32x32 RGB; other sizes and channel counts are the data options'
+RESIZE_CHUNK = 1024  # images resized in float32 at once
 PROGRESS_FROM = 1000  # files: a decode of fewer ends before a progress bar would help
 SHOWN_UNREADABLE = 5  # files named in the message about unreadable images; the count covers the rest
 
@@ -167,6 +168,11 @@ def ensure_available(root: Path, download: bool) -> None:
     if fmt == "archive":
         _extract(root / ARCHIVE, root)
         return
+    if os.path.lexists(root / ARCHIVE):  # a FIFO or a link to nothing: never read, nor downloaded into
+        raise DataError(
+            f"{root / ARCHIVE} is not a regular file, so it was neither read nor downloaded over: delete it so "
+            "CIFAR-10 is downloaded again, or put the release's archive there."
+        )
     if root.exists() and not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"data.data_dir={str(root)!r} is not readable; fix its permissions or point elsewhere.")
     if not download:
@@ -371,8 +377,8 @@ def load(
     fmt = detect_format(root)
     if fmt == "pickle":
         raw = load_pickle_batches(root / PICKLE_DIR)
-        if raw.train_x.shape[1:] != (size, size, channels):  # resized in float32: 4 bytes a pixel, then 1
-            check_memory(len(raw.train_y) + len(raw.test_y), size, channels, 5, f"the images of {root / PICKLE_DIR}")
+        if raw.train_x.shape[1:] != (size, size, channels):  # resized into one new array
+            check_memory(len(raw.train_y) + len(raw.test_y), size, channels, 1, f"the images of {root / PICKLE_DIR}")
         return resize_raw(raw, size, channels)
     if fmt == "folder":
         return load_image_folder(root, cache=cache, skip_unreadable=skip_unreadable, size=size, channels=channels)
@@ -421,9 +427,9 @@ def image_count(root: Path) -> int:
 
 def check_fits(root: Path, size: int, channels: int) -> None:
     """Refuse ``data.image_size`` when the images of ``root`` at that size cannot be held in memory (see
-    :func:`check_memory`): decoded then stacked (2 bytes a pixel), or CIFAR-10 resized in float32 (5)."""
-    copies = 2 if detect_format(root) == "folder" else 1 if (size, channels) == (CIFAR_SIZE, 3) else 5
-    check_memory(image_count(root), size, channels, copies, f"the images of {root}")
+    :func:`check_memory`): the DataModule holds them three times over while it splits them (the loaded arrays,
+    their channels-first copy and the splits)."""
+    check_memory(image_count(root), size, channels, 3, f"the images of {root}")
 
 
 def check_memory(count: int, size: int, channels: int, copies: int, what: str, hint: str | None = None) -> None:
@@ -437,9 +443,9 @@ def check_memory(count: int, size: int, channels: int, copies: int, what: str, h
     if hint is None:
         hint = ", or stream the data (cifarlit prepare, then data.stream) to hold none of it in memory"
     raise DataError(
-        f"data.image_size={size} is too large for the memory here: {what}, {count} images at "
-        f"{size}x{size}x{channels}, need {need / 2**30:,.1f} GiB and {available / 2**30:,.1f} GiB is available; use "
-        f"data.image_size {largest} or less{hint}."
+        f"data.image_size={size} is too large for the memory here: {what} ({count} images at "
+        f"{size}x{size}x{channels}, held {copies} times over) need {need / 2**30:,.1f} GiB and "
+        f"{available / 2**30:,.1f} GiB is available; use data.image_size {largest} or less{hint}."
     )
 
 
@@ -789,18 +795,24 @@ def resize_raw(raw: RawData, size: int, channels: int) -> RawData:
 
 
 def resize_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 ``(N, H, W, C)`` images as ``(N, size, size, channels)`` (see :func:`resize_raw`)."""
+    """uint8 ``(N, H, W, C)`` images as ``(N, size, size, channels)`` (see :func:`resize_raw`), in float32 a chunk
+    of images at a time: all of CIFAR-10 at 224 pixels would be 36 GB of floats at once."""
     if x.shape[1:] == (size, size, channels):
         return x
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(x).permute(0, 3, 1, 2).float()  # (N, H, W, C) -> (N, C, H, W)
-    if channels == 1 and t.shape[1] == 3:
-        t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if t.shape[-1] != size:
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    out = np.empty((len(x), size, size, channels), np.uint8)
+    for start in range(0, len(x), RESIZE_CHUNK):
+        t = (
+            torch.from_numpy(x[start : start + RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
+        )  # (n, H, W, C) -> (n, C, H, W)
+        if channels == 1 and t.shape[1] == 3:
+            t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if t.shape[-1] != size:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + RESIZE_CHUNK] = t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
 
 
 def _report_unreadable(unreadable: list[tuple[str, str]], where: str, skip: bool) -> None:
