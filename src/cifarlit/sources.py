@@ -551,9 +551,11 @@ def _check_every_class_trained(train_y: np.ndarray, classes: tuple[str, ...], fo
     """A class of ``batches.meta`` without a training image would be reported but never learned."""
     missing = np.flatnonzero(np.bincount(train_y, minlength=len(classes)) == 0)
     if len(missing):
+        meta = folder / "batches.meta"
+        names = meta if os.path.lexists(meta) else f"{folder}, without a batches.meta, is CIFAR-10: it"
         raise DataError(
-            f"{folder / 'batches.meta'} names {len(classes)} classes, but no training batch has an image of class "
-            f"{missing[0]} ({classes[missing[0]]!r}): the names and the labels disagree; {REDO_PICKLES}."
+            f"{names} names {len(classes)} classes, but no training batch has an image of class {missing[0]} "
+            f"({classes[missing[0]]!r}): the names and the labels disagree; {REDO_PICKLES}."
         )
 
 
