@@ -35,12 +35,15 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import numpy as np
 from filelock import FileLock
 
 from cifarlit.errors import CifarlitError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -735,7 +738,7 @@ def decode(source: str | os.PathLike | BinaryIO, size: int = CIFAR_SIZE, channel
         return np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
 
 
-def _eight_bits(im):
+def _eight_bits(im: Image.Image) -> Image.Image:
     """16-bit gray (PNG's ``I;16`` modes, or ``I``) scaled to 8 bits: PIL's ``convert`` clips it instead, so
     mid-gray became white."""
     if not (im.mode.startswith("I;16") or im.mode == "I"):
@@ -806,9 +809,8 @@ def resize_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
 
     out = np.empty((len(x), size, size, channels), np.uint8)
     for start in range(0, len(x), RESIZE_CHUNK):
-        t = (
-            torch.from_numpy(x[start : start + RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
-        )  # (n, H, W, C) -> (n, C, H, W)
+        # (n, H, W, C) -> (n, C, H, W)
+        t = torch.from_numpy(x[start : start + RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
         if channels == 1 and t.shape[1] == 3:
             t = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         if t.shape[-1] != size:
