@@ -165,6 +165,8 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"data.image_size={image_size} is not valid: use 8 or more pixels (the default networks halve the "
                 "size three times)."
             )
+        if stream is None and predict_dir is None:  # here, before LightningCLI builds a model for that size
+            sources.check_fits(self.data_dir, image_size, channels)
         if on_device is True and num_workers > 0:
             raise DataError(
                 f"data.on_device=true needs data.num_workers=0 (got {num_workers}): workers cannot index GPU memory; "

@@ -26,7 +26,7 @@ def write_csv(
     if probs.shape != (len(ids), len(classes)):
         raise ValueError(f"{tuple(probs.shape)} probabilities for {len(ids)} images and {len(classes)} classes")
     labels = probs.argmax(1).tolist()
-    with atomic_write(path, newline="") as f:  # whole or not at all
+    with atomic_write(path, newline="", encoding="utf-8") as f:  # whole or not at all; ids and names are UTF-8
         writer = csv.writer(f)
         writer.writerow(["id", "label", *(f"prob_{c}" for c in classes)] if probabilities else ["id", "label"])
         for i, (id_, label) in enumerate(zip(ids, labels, strict=True)):

@@ -50,6 +50,7 @@ UNREADABLE = "unreadable"  # a folder in the partial stream where the readers li
 # 16 MB chunks: LitData maps a few chunks at a time (4 on a local disk), so this bounds the memory a stream adds
 # to a run whatever the dataset's size (benchmarks/README.md, "Streaming"); each holds ~5,000 CIFAR images.
 CHUNK_BYTES = "16MB"
+STATS_BATCH = 1000  # images per batch of the pass that computes the training split's statistics
 
 
 @dataclass
@@ -72,23 +73,16 @@ def list_dataset(root: Path, size: int = sources.CIFAR_SIZE, channels: int = 3) 
     """Classes, labels and file fingerprint of an image folder or CIFAR-10's pickle batches, as the in-memory path
     sees them at ``size`` x ``size`` and ``channels`` (tests/test_stream.py checks that both give the same
     split)."""
+    # only a batch of images is ever in memory here (_train_stats'), but it must fit
+    sources.check_memory(STATS_BATCH, size, channels, 2, "one batch of the statistics pass", hint="")
     if sources.detect_format(root) == "pickle":
-        return _list_pickle(root / sources.PICKLE_DIR, sources.class_names(root), size, channels)
-    classes = sources.folder_classes(root)
-    train = sources._list_split(root / "train", classes)
-    test = None
-    if (root / "test").is_dir():
-        if sources._class_dirs(root / "test") != classes:
-            raise DataError(
-                f"class folders differ between {root / 'train'} {list(classes)} and {root / 'test'} "
-                f"{list(sources._class_dirs(root / 'test'))}: give both the same classes."
-            )
-        test = sources._list_split(root / "test", classes)
-    rel = len(str(root)) + 1  # as sources.load_image_folder: the fingerprint must not change when the folder moves
-    listing = [(path[rel:], size, mtime) for items in (train, test or []) for path, _, size, mtime in items]
+        folder = root / sources.PICKLE_DIR
+        return _list_pickle(folder, sources.pickle_classes(folder), size, channels)
+    listing = sources.list_image_folder(root)
+    train, test = listing.splits["train"], listing.splits.get("test")
     return Listing(
-        classes=classes,
-        fingerprint=sources._fingerprint([classes, (size, channels), *listing]),
+        classes=listing.classes,
+        fingerprint=listing.fingerprint(size, channels),  # as sources.load_image_folder
         train_labels=np.array([item[1] for item in train], dtype=np.int64),
         test_labels=None if test is None else np.array([item[1] for item in test], dtype=np.int64),
         shape=(channels, size, size),
@@ -100,17 +94,17 @@ def list_dataset(root: Path, size: int = sources.CIFAR_SIZE, channels: int = 3) 
 
 def _list_pickle(folder: Path, classes: tuple[str, ...], size: int, channels: int) -> Listing:
     files = sorted(folder.glob("data_batch_*"))
-    if not files or not (folder / "test_batch").is_file():
+    if not files or not os.path.lexists(folder / "test_batch"):
         raise DataError(f"{folder} must contain data_batch_1..5 and test_batch; extract or download CIFAR-10 again.")
     labels, batches, start = [], [], 0
     for path in files:  # one batch file in memory at a time, for its labels
-        y = sources._read_batch(path)[1]
+        y = sources._read_batch(path, classes)[1]
         labels.append(y)
         batches.append((str(path), start))
         start += len(y)
-    test_labels = sources._read_batch(folder / "test_batch")[1]
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in [*files, folder / "test_batch"]]
-    fingerprint = sources._fingerprint(stats)  # as sources.load_pickle_batches, and resize_raw for another shape
+    test_labels = sources._read_batch(folder / "test_batch", classes)[1]
+    sources._check_every_class_trained(np.concatenate(labels), classes, folder)
+    fingerprint = sources.pickle_fingerprint(folder, files)  # as sources.load_pickle_batches, and resize_raw
     if (size, channels) != (sources.CIFAR_SIZE, 3):
         fingerprint = f"{fingerprint}-{channels}x{size}"
     return Listing(
@@ -165,7 +159,8 @@ class _Reader:
             image = sources.decode(path, self.size, self.channels)
         except Exception as err:  # PIL raises several types for damaged files
             with open(os.path.join(self.unreadable_dir, f"{os.getpid()}.txt"), "a") as f:
-                f.write(f"{path}\t{err.__class__.__name__}\n")
+                # one JSON line: a name may hold tabs, newlines or bytes that are not UTF-8 (as \udcXX escapes)
+                f.write(json.dumps([path, err.__class__.__name__]) + "\n")
             return
         yield np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes(), what  # (H, W, C) -> (C, H, W)
 
@@ -214,7 +209,9 @@ def _train_stats(train_dir: Path, shape: tuple[int, int, int]) -> tuple[list[flo
     from litdata import StreamingDataLoader, StreamingDataset
 
     loader = StreamingDataLoader(
-        StreamingDataset(str(train_dir)), batch_size=1000, collate_fn=functools.partial(stream.collate, shape=shape)
+        StreamingDataset(str(train_dir)),
+        batch_size=STATS_BATCH,
+        collate_fn=functools.partial(stream.collate, shape=shape),
     )
     hist = torch.zeros(shape[0], 256, dtype=torch.int64)
     for x, _ in loader:
@@ -370,7 +367,7 @@ def prepare(
 
 
 def _refuse_unreadable(folder: Path, data_dir: Path) -> None:
-    found = [line.split("\t") for f in sorted(folder.glob("*.txt")) for line in f.read_text().splitlines()]
+    found = [json.loads(line) for f in sorted(folder.glob("*.txt")) for line in f.read_text().splitlines()]
     rel = len(str(data_dir)) + 1
     unreadable = sorted((path[rel:] if path.startswith(str(data_dir)) else path, why) for path, why in found)
     if unreadable:
