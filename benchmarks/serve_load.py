@@ -211,7 +211,7 @@ def run(data: str | None = None, requests: int = 2000, clients: int = 16, rounds
         ckpt_path: Path | None = None, images: Path | None = None, n_images: int = 500,
         kinds: tuple[str, ...] = ("torch", "onnx")) -> list[dict]:  # fmt: skip
     """Rows for ``make bench``; without ``ckpt_path`` a model is trained for one epoch on ``data``."""
-    work = Path(tempfile.mkdtemp(prefix="cifarlit-serve-load-"))
+    work, load_before = Path(tempfile.mkdtemp(prefix="cifarlit-serve-load-")), os.getloadavg()[0]
     ckpt = ckpt_path or trained(Path(data), work)
     files = sorted(p for p in images.iterdir() if p.is_file()) if images else image_files(Path(data), n_images, work)
     onnx = exported(ckpt, work)
@@ -224,13 +224,15 @@ def run(data: str | None = None, requests: int = 2000, clients: int = 16, rounds
                 if (kind, size) not in best or result["rps"] > best[kind, size]["rps"]:
                     best[kind, size] = result
     local = in_process(onnx, files, requests)
-    setup = f"{requests} requests from {clients} clients, {len(files)} images, best of {rounds}"
+    setup = (f"{requests} requests from {clients} clients, {len(files)} images, best of {rounds}; load average "
+             f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} cores")  # fmt: skip
     rows = []
     for kind in kinds:
         batched, single = best[kind, BATCH], best[kind, 1]
         rows.append({
             "benchmark": f"serve_load {kind}: batched (max_batch_size {BATCH}) vs unbatched (1)",
             "ratio (batched/unbatched req/s)": round(batched["rps"] / single["rps"], 3), "target": "-",
+            "ratio (batched/unbatched server CPU)": round(batched["cpu_ms"] / single["cpu_ms"], 3),
             "detail": f"batched {_figures(batched)}, {batched['per_pass']:.1f} images per forward pass; unbatched "
             f"{_figures(single)}; {setup}",
         })  # fmt: skip
@@ -239,6 +241,7 @@ def run(data: str | None = None, requests: int = 2000, clients: int = 16, rounds
     rows.append({
         "benchmark": f"serve_load onnxruntime in-process vs served {'onnx' if 'onnx' in kinds else kinds[0]} batched",
         "ratio (in-process/served req/s)": round(local["rps"] / reference["rps"], 3), "target": "-",
+        "ratio (served/in-process CPU)": round(reference["cpu_ms"] / local["cpu_ms"], 3),
         "detail": f"in-process decode + run, one image per call: {_figures(local)}; served {_figures(reference)}; "
         f"labels agree on {agree}/{len(local['labels'])} images",
     })  # fmt: skip

@@ -228,14 +228,17 @@ def test_serve_load_reports_batched_vs_unbatched_and_in_process_onnxruntime(own_
     ]
     figures = r"(\d+) req/s, p50 ([\d.]+) ms, p99 ([\d.]+) ms, CPU ([\d.]+) ms/request"
     for row in rows[:2]:
-        assert set(row) == ROW_KEYS | {"ratio (batched/unbatched req/s)"}
-        (batched, *_), (unbatched, *_) = re.findall(figures, row["detail"])
+        assert set(row) == ROW_KEYS | {"ratio (batched/unbatched req/s)", "ratio (batched/unbatched server CPU)"}
+        (batched, *_, batched_cpu), (unbatched, *_, unbatched_cpu) = re.findall(figures, row["detail"])
         assert_quotient(row["ratio (batched/unbatched req/s)"], shown(batched), shown(unbatched))
+        assert_quotient(row["ratio (batched/unbatched server CPU)"], shown(batched_cpu), shown(unbatched_cpu))
         assert float(figure(r"([\d.]+) images per forward pass", row["detail"])) >= 1
-        assert "50 requests from 4 clients, 9 images, best of 1" in row["detail"]
+        assert "50 requests from 4 clients, 9 images, best of 1; load average" in row["detail"]
         for p50, p99 in re.findall(r"p50 ([\d.]+) ms, p99 ([\d.]+) ms", row["detail"]):
             assert float(p50) <= float(p99)
     last = rows[2]
-    (local, *_), (served, *_) = re.findall(figures, last["detail"])
+    assert set(last) == ROW_KEYS | {"ratio (in-process/served req/s)", "ratio (served/in-process CPU)"}
+    (local, *_, local_cpu), (served, *_, served_cpu) = re.findall(figures, last["detail"])
     assert_quotient(last["ratio (in-process/served req/s)"], shown(local), shown(served))
+    assert_quotient(last["ratio (served/in-process CPU)"], shown(served_cpu), shown(local_cpu))
     assert "labels agree on 9/9 images" in last["detail"]  # the server and onnxruntime label every image alike

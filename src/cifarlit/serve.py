@@ -111,9 +111,10 @@ class ClassifierAPI(ls.LitAPI):
         try:
             probs = self.forward(batch)
         except Exception as err:
-            log.exception("the model failed on a batch of %d images", len(batch))
-            raise HTTPException(500, f"the model failed on a batch of {len(batch)} images "
-                                f"({err.__class__.__name__}); the server's log has the details.") from None  # fmt: skip
+            what = f"a batch of {len(batch)} image{'s' if len(batch) > 1 else ''}"
+            log.exception("the model failed on %s", what)
+            raise HTTPException(500, f"the model failed on {what} ({err.__class__.__name__}); the server's log has "
+                                "the details.") from None  # fmt: skip
         return probs[0] if single else probs
 
     def encode_response(self, output):  # unannotated: LitServe reads the annotation as the response type
@@ -263,7 +264,8 @@ def build(served: Served, args: dict) -> ls.LitServer:
         middlewares=[(ImageGate, {"path": API_PATH, "size": h, "channels": c})],
     )
     about = {
-        "model": served.kind, "model_file": str(served.path), "classes": list(served.classes),
+        # the file's name, not where it lies: /info answers whoever reaches the port
+        "model": served.kind, "model_file": served.path.name, "classes": list(served.classes),
         "image_shape": list(served.shape), "input": "one image file: multipart field 'image' or JSON {'image': base64}",
         "max_batch_size": args["max_batch_size"], "batch_timeout": args["batch_timeout"],
         "workers_per_device": args["workers"], "devices": server.devices,
@@ -294,7 +296,9 @@ def run(server: ls.LitServer, host: str, port: int) -> None:
         server.run(host=host, port=port, generate_client_file=False, log_level="warning")
     except KeyboardInterrupt:  # before LitServer.run's own handling began
         pass
-    except RuntimeError as err:  # LitServe: "One or more workers failed to start"
+    except RuntimeError as err:
+        if "failed to start" not in str(err):  # LitServe: "One or more workers failed to start"
+            raise
         raise CifarlitError(f"the model workers did not start ({err}); the log above says why.") from None
     finally:
         for child in multiprocessing.active_children():  # whatever a shutdown mid-start left behind

@@ -76,7 +76,7 @@ class ImageGate:
 def pixels(request: dict, shape: tuple[int, int, int]) -> np.ndarray:
     """The uint8 ``(H, W, C)`` image of a body :class:`ImageGate` wrote, for a model of input ``shape`` (C, H, W)."""
     c, h, w = shape
-    return np.frombuffer(base64.b64decode(request[PIXELS]), dtype=np.uint8).reshape(h, w, c)
+    return np.frombuffer(bytearray(base64.b64decode(request[PIXELS])), dtype=np.uint8).reshape(h, w, c)  # writable
 
 
 async def read_body(scope, receive) -> bytes:
