@@ -96,8 +96,8 @@ def failing_onnx(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(own_run, tmp_path_factory):
-    """Three servers started together (their startups overlap): the checkpoint, its ONNX export, and an ONNX
-    model that fails every forward pass."""
+    """Three servers started together (their startups overlap): the checkpoint, its ONNX export (two model
+    workers), and an ONNX model that fails every forward pass."""
     base = tmp_path_factory.mktemp("serve")
     onnx = base / "model.onnx"
     with pytest.raises(SystemExit) as exported:
@@ -106,7 +106,7 @@ def servers(own_run, tmp_path_factory):
     batching = ("--max_batch_size", "64", "--batch_timeout", "0.05")
     started = {
         "torch": start(base, "torch", "--ckpt_path", str(own_run.ckpt), *batching),
-        "onnx": start(base, "onnx", "--ckpt_path", str(onnx), "--model", "onnx", *batching),
+        "onnx": start(base, "onnx", "--ckpt_path", str(onnx), "--model", "onnx", "--workers", "2", *batching),
         "failing": start(base, "failing", "--ckpt_path", str(failing_onnx(base / "fails.onnx")), "--model", "onnx"),
     }
     try:
@@ -179,9 +179,10 @@ def test_labels_and_probabilities_equal_predicts_for_the_same_files(servers, pre
     assert len(set(truth)) == len(CLASSES)  # the checkpoint tells the fixture classes apart: labels can differ
 
 
-def test_32_concurrent_requests_are_answered_right_in_fewer_forward_passes(servers, predicted):
+@pytest.mark.parametrize("kind", ["torch", "onnx"])  # onnx: two workers, counted together
+def test_32_concurrent_requests_are_answered_right_in_fewer_forward_passes(servers, predicted, kind):
     folder, rows = predicted
-    server = servers["torch"]
+    server = servers[kind]
     paths = files_of(folder)[:32]
     before = requests.get(server.url("/info"), timeout=10).json()
     barrier, answers = threading.Barrier(len(paths)), {}
@@ -211,7 +212,8 @@ def test_info_tells_the_model_and_health_says_ok(servers, own_run, kind):
     model_file = own_run.ckpt if kind == "torch" else server.cwd.parent / "model.onnx"
     assert info["model_file"] == model_file.name  # not its folder: /info answers anyone who reaches the port
     assert info["cifarlit_version"] == __import__("cifarlit").__version__
-    assert (info["max_batch_size"], info["batch_timeout"], info["workers_per_device"]) == (64, 0.05, 1)
+    workers = 1 if kind == "torch" else 2
+    assert (info["max_batch_size"], info["batch_timeout"], info["workers_per_device"]) == (64, 0.05, workers)
     assert requests.get(server.url("/health"), timeout=10).text == "ok"
 
 
