@@ -30,7 +30,7 @@ from cifarlit.cli import cli_main
 from conftest import MIXED, write_unlabelled_folder
 from helpers import REPO, RunsCode, run_cli
 
-ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
 CLASSES = list(MIXED)
 
 
