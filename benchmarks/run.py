@@ -16,6 +16,7 @@ from benchmarks import (  # noqa: E402
     cpu_precision,
     data_throughput,
     loop_overhead,
+    serve_load,
     startup,
     step_overhead,
     stream_cost,
@@ -31,6 +32,7 @@ SUITES = {
     "startup": startup.run,
     "stream_cost": stream_cost.run,
     "cpu_precision": cpu_precision.run,
+    "serve_load": serve_load.run,
 }
 
 

@@ -19,7 +19,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not part of the package
 
-from benchmarks import augment_cost, common, loop_overhead, plain_loop, startup, step_overhead, stream_cost  # noqa: E402
+from benchmarks import (  # noqa: E402
+    augment_cost,
+    common,
+    loop_overhead,
+    plain_loop,
+    serve_load,
+    startup,
+    step_overhead,
+    stream_cost,
+)
 
 pytestmark = pytest.mark.slow  # each run is a fresh `cifarlit fit` process (~10 s of startup apiece)
 
@@ -205,3 +214,31 @@ def test_cpu_precision_times_bf16_against_fp32_for_each_cnn(monkeypatch):
     for row in rows:
         fast, slow = (float(v) for v in row["detail"].split(" ", 3)[0:3:2])
         assert row["ratio (plain/trick time)"] == pytest.approx(slow / fast, rel=0.02)
+
+
+def test_serve_load_reports_batched_vs_unbatched_and_in_process_onnxruntime(own_run, tmp_path):
+    from conftest import write_unlabelled_folder
+
+    write_unlabelled_folder(tmp_path / "images")
+    rows = serve_load.run(requests=50, clients=4, rounds=1, ckpt_path=own_run.ckpt, images=tmp_path / "images")
+    assert [r["benchmark"] for r in rows] == [
+        "serve_load torch: batched (max_batch_size 64) vs unbatched (1)",
+        "serve_load onnx: batched (max_batch_size 64) vs unbatched (1)",
+        "serve_load onnxruntime in-process vs served onnx batched",
+    ]
+    figures = r"(\d+) req/s, p50 ([\d.]+) ms, p99 ([\d.]+) ms, CPU ([\d.]+) ms/request"
+    for row in rows[:2]:
+        assert set(row) == ROW_KEYS | {"ratio (batched/unbatched req/s)", "ratio (batched/unbatched server CPU)"}
+        (batched, *_, batched_cpu), (unbatched, *_, unbatched_cpu) = re.findall(figures, row["detail"])
+        assert_quotient(row["ratio (batched/unbatched req/s)"], shown(batched), shown(unbatched))
+        assert_quotient(row["ratio (batched/unbatched server CPU)"], shown(batched_cpu), shown(unbatched_cpu))
+        assert float(figure(r"([\d.]+) images per forward pass", row["detail"])) >= 1
+        assert "50 requests from 4 clients, 9 images, best of 1; load average" in row["detail"]
+        for p50, p99 in re.findall(r"p50 ([\d.]+) ms, p99 ([\d.]+) ms", row["detail"]):
+            assert float(p50) <= float(p99)
+    last = rows[2]
+    assert set(last) == ROW_KEYS | {"ratio (in-process/served req/s)", "ratio (served/in-process CPU)"}
+    (local, *_, local_cpu), (served, *_, served_cpu) = re.findall(figures, last["detail"])
+    assert_quotient(last["ratio (in-process/served req/s)"], shown(local), shown(served))
+    assert_quotient(last["ratio (served/in-process CPU)"], shown(served_cpu), shown(local_cpu))
+    assert "labels agree on 9/9 images" in last["detail"]  # the server and onnxruntime label every image alike

@@ -1,5 +1,5 @@
 """``cifarlit`` / ``python -m cifarlit``: LightningCLI with fit / validate / test / predict / explore, plus compare,
-export, tune and prepare."""
+export, tune, prepare and serve."""
 
 from __future__ import annotations
 
@@ -218,6 +218,12 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
         if argv[:1] == ["export"]:  # a checkpoint in, one model file out: needs no data or trainer
             from cifarlit.export import main
 
+            sys.exit(main(argv[1:]))
+        if argv[:1] == ["serve"]:  # a model behind HTTP (LitServe): needs no data or trainer
+            try:
+                from cifarlit.serve import main
+            except ModuleNotFoundError as err:  # an optional extra
+                raise CifarlitError(f"cifarlit serve needs {err.name}: pip install 'cifarlit[serve]'.") from None
             sys.exit(main(argv[1:]))
         return build_cli(args)
     except CifarlitError as err:
