@@ -336,3 +336,22 @@ def test_the_configs_normalize_as_the_backbones_pretrained_config_says(config):
     text = yaml.safe_load((TRANSFER / config).read_text())
     cfg = timm.get_pretrained_cfg(text["model"]["net"]["init_args"]["name"])
     assert text["data"]["mean"] == pytest.approx(cfg.mean) and text["data"]["std"] == pytest.approx(cfg.std)
+
+
+def test_data_mean_and_std_replace_the_training_splits_statistics(pickle_root):
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    dm = CIFAR10DataModule(str(pickle_root), download=False, mean=imagenet[0], std=imagenet[1])
+    dm.setup("fit")
+    assert dm.mean.tolist() == pytest.approx(imagenet[0]) and dm.std.tolist() == pytest.approx(imagenet[1])
+    assert dm.state_dict()["mean"].tolist() == pytest.approx(imagenet[0])  # what checkpoints and exports carry
+    computed = CIFAR10DataModule(str(pickle_root), download=False)
+    computed.setup("fit")
+    assert computed.mean.tolist() != pytest.approx(imagenet[0])
+    for mean, std in (
+        (imagenet[0], None),
+        ([0.5, 0.5], [0.2, 0.2]),
+        (imagenet[0], [0.2, 0.0, 0.2]),
+        ([128, 0, 0], imagenet[1]),
+    ):
+        with pytest.raises(CifarlitError, match=r"^data.mean=.* / data.std=.* are not valid: give both, 3 values"):
+            CIFAR10DataModule(str(pickle_root), download=False, mean=mean, std=std)
