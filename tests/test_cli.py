@@ -34,11 +34,14 @@ SIZE_KEYS = {"val_size", "train_subset", "val_subset"}  # data sizes: a count or
 
 
 def merged_config(files: list[str], overrides: dict) -> dict:
-    """The `-c` files merged as LightningCLI merges them (later keys win, lists replace lists), then ``overrides``."""
+    """The `-c` files merged as LightningCLI merges them (later keys win, lists replace lists, another class_path
+    replaces the init_args of the one before), then ``overrides``."""
 
     def merge(base: dict, new: dict) -> dict:
         for key, value in new.items():
             both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+            if both_dicts and value.get("class_path", base[key].get("class_path")) != base[key].get("class_path"):
+                both_dicts = False
             base[key] = merge(base[key], value) if both_dicts else value
         return base
 
@@ -288,6 +291,13 @@ def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeyp
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--test_after_fit", "false",
         )  # fmt: skip
         assert (tmp_path / "lightning_logs" / "transfer" / "pretrained.ckpt").is_file()
+    if config.name.startswith("pretrained"):  # starts from the safetensors that pretrain_timm.yaml's export writes
+        from cifarlit.models.pretrained import TimmNet, library_module
+        from cifarlit.models.weights import write_safetensors
+
+        (tmp_path / "lightning_logs" / "transfer").mkdir(parents=True)
+        write_safetensors(library_module(TimmNet(5, name="regnetx_002"))[0],
+                          tmp_path / "lightning_logs" / "transfer" / "pretrained_timm.safetensors", {})  # fmt: skip
     cli = run_cli(
         "fit", *config_args(config), "--data.data_dir", str(pickle_root), "--data.download", "false",
         "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", *several_nodes,

@@ -56,7 +56,8 @@ def test_pretrained_weights_offline_say_how_to_use_a_file(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent-cifarlit-hub")
-    with pytest.raises(CifarlitError, match=r"cannot download.*resnet18.*--model.init_from"):
+    where = r"cannot download.*resnet18.*hub/checkpoints.*--model.net.init_args.weights PATH"
+    with pytest.raises(CifarlitError, match=where):
         TorchvisionNet(10, name="resnet18", weights="IMAGENET1K_V1")
     with pytest.raises(CifarlitError, match=r"weights='IMAGENET9'.*IMAGENET1K_V1"):
         TorchvisionNet(10, name="resnet18", weights="IMAGENET9")

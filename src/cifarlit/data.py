@@ -122,6 +122,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         stream: a dataset written by ``cifarlit prepare`` (a folder, or its copy at an ``s3://``-style URL):
             train, val and test are streamed from its LitData chunks instead of held in memory, for datasets
             larger than RAM (see :mod:`cifarlit.stream`). ``data_dir`` is then unused.
+        mean: per-channel mean (0-1 scale) that inputs are normalized with; ``null`` computes it from the training
+            split. A pretrained backbone wants its pre-training's (timm's ``pretrained_cfg['mean']``, e.g. ImageNet's
+            [0.485, 0.456, 0.406]); set it and ``std`` together.
+        std: per-channel standard deviation to go with ``mean`` (ImageNet's [0.229, 0.224, 0.225]).
     """
 
     def __init__(
@@ -147,6 +151,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         image_size: int = 32,
         channels: Literal[1, 3] = 3,
         stream: str | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.augment = augment or AugmentConfig()
@@ -177,6 +183,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 "data.on_device=true cannot be used with data.augment.backend=albumentations, which augments each "
                 "image on the CPU: use data.augment.backend batched (it runs on the GPU), or data.on_device auto."
             )
+        self.fixed_stats = _fixed_stats(mean, std, channels)
         if num_workers < 0:
             raise DataError(f"data.num_workers={num_workers} is not valid: use 0 (main process) or more.")
         _check_split_size(val_size, "data.val_size")
@@ -274,7 +281,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         x = torch.from_numpy(raw.train_x).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
         y = torch.from_numpy(raw.train_y)
         # Normalization statistics come from the training split only: val and test stay unseen.
-        self.mean, self.std = channel_stats(x.index_select(0, torch.from_numpy(train_idx)))
+        self.mean, self.std = self.fixed_stats or channel_stats(x.index_select(0, torch.from_numpy(train_idx)))
         if self.hparams.train_subset is not None:
             keep = _subset_indices(raw.train_y[train_idx], self.hparams.train_subset, seed, "data.train_subset")
             train_idx = train_idx[keep]
@@ -321,7 +328,8 @@ class CIFAR10DataModule(L.LightningDataModule):
 
         info = self._stream_info()
         self.train_set, self.val_set, self.test_set = stream.open_splits(self.hparams, info)
-        self.mean, self.std, self.split_fingerprint = info.mean, info.std, info.split_fingerprint
+        self.mean, self.std = self.fixed_stats or (info.mean, info.std)
+        self.split_fingerprint = info.split_fingerprint
         self.stream_sizes = info.sizes  # the whole splits' (under DDP a stream's len() is this process's share)
         self._affine(self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu"))
         rank_zero_info(
@@ -470,6 +478,21 @@ class CIFAR10DataModule(L.LightningDataModule):
                 f"{list(self.classes)}: test on data with the same class folders."
             )
         self._classes = classes
+
+
+def _fixed_stats(
+    mean: list[float] | None, std: list[float] | None, channels: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``data.mean``/``data.std`` as tensors, or None to compute them from the training split."""
+    if mean is None and std is None:
+        return None
+    ok = mean is not None and std is not None and len(mean) == len(std) == channels
+    if not ok or not all(0 <= m <= 1 for m in mean) or not all(0 < v <= 1 for v in std):
+        raise DataError(
+            f"data.mean={mean} / data.std={std} are not valid: give both, {channels} values each, means in [0, 1] "
+            f"and stds in (0, 1] (the 0-1 scale, e.g. ImageNet's [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225])."
+        )
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
 def normalizer(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,16 @@
-"""`cifarlit export --ckpt_path X --format onnx|torchscript`: a trained model as one file that needs no cifarlit.
+"""`cifarlit export --ckpt_path X --format onnx|torchscript|safetensors`: a trained model as one file that needs no
+cifarlit.
 
 The exported model takes what image libraries hand out, uint8 ``(B, H, W, 3)`` RGB arrays (PIL, NumPy, OpenCV
 after BGR->RGB) of the training size (32x32), and returns class probabilities ``(B, num_classes)``. The
 training split's normalization is inside the model; the class names travel with it (ONNX metadata
 ``classes``, TorchScript attribute ``classes``, both in label order).
+
+``safetensors`` writes the network's weights instead, for a library to build the model around them: a TimmNet's
+as timm names them (``timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=dict(file=path,
+num_classes=K), num_classes=K)`` reads them back), with JSON metadata: ``classes``, ``mean``, ``std`` (0-1 scale,
+what the inputs were normalized with), ``image_shape``, ``num_classes``, ``library`` and ``architecture``.
+``model.init_from`` and a net's ``weights`` option read it too.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from cifarlit.data import CIFAR10DataModule, normalizer
 from cifarlit.errors import CifarlitError, report
 from cifarlit.files import atomic_path, check_output
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
 
 class ExportedClassifier(nn.Module):
@@ -40,6 +47,7 @@ class ExportedClassifier(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
         self.classes = list(classes)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]  # for safetensors' metadata
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) uint8 -> (B, 3, H, W) float
@@ -65,7 +73,7 @@ def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
 
 
 def export(ckpt_path: Path, format: str, output: Path | None = None) -> Path:
-    """Write the checkpoint's model as ONNX or TorchScript; returns the file written."""
+    """Write the checkpoint's model as ONNX or TorchScript, or its weights as safetensors; returns the file written."""
     if format not in FORMATS:
         raise CifarlitError(f"--format {format!r} is not supported: use one of {', '.join(FORMATS)}.")
     model, (c, h, w) = load(ckpt_path)
@@ -76,9 +84,21 @@ def export(ckpt_path: Path, format: str, output: Path | None = None) -> Path:
     with atomic_path(output) as tmp:  # a failed or killed export leaves no half model under the name
         if format == "torchscript":
             torch.jit.save(torch.jit.script(model), str(tmp))
+        elif format == "safetensors":
+            _export_safetensors(model, (c, h, w), tmp)
         else:
             _export_onnx(model, example, tmp)
     return output
+
+
+def _export_safetensors(model: ExportedClassifier, image_shape: tuple[int, int, int], output: Path) -> None:
+    from cifarlit.models.pretrained import library_module
+    from cifarlit.models.weights import write_safetensors
+
+    module, names = library_module(model.net)
+    metadata = {"classes": model.classes, "mean": model.mean, "std": model.std, "image_shape": list(image_shape),
+                "num_classes": len(model.classes), **names}  # fmt: skip
+    write_safetensors(module, output, metadata)
 
 
 def _export_onnx(model: ExportedClassifier, example: torch.Tensor, output: Path) -> None:
@@ -106,12 +126,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cifarlit export",
         description="Export a trained checkpoint to ONNX or TorchScript: uint8 (B, H, W, 3) RGB images in, "
-        "class probabilities (B, num_classes) out, normalization inside.",
+        "class probabilities (B, num_classes) out, normalization inside; or its weights as safetensors, with the "
+        "class names, mean/std and image shape as metadata (timm reads a TimmNet's back).",
     )
     parser.add_argument("--ckpt_path", required=True, type=Path, help="checkpoint written by `cifarlit fit`")
     parser.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
     parser.add_argument(
-        "--output", type=Path, help="file to write (default: next to the checkpoint, .onnx or .pt suffix)"
+        "--output", type=Path, help="file to write (default: next to the checkpoint, .onnx, .pt or .safetensors)"
     )
     args = parser.parse_args(argv)
     try:

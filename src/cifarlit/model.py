@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from cifarlit import nets, schedules
 from cifarlit.errors import CifarlitError
+from cifarlit.models import weights
 from cifarlit.nets import MLP
 
 STAGES = ("train", "val", "test")
@@ -44,8 +45,9 @@ class LitMLP(L.LightningModule):
     """Trains a classifier network; the network, optimizer and LR scheduler come from the config.
 
     The network is the MLP built from ``hidden_sizes``/``norm``/``dropout``/``activation`` unless ``net`` names
-    another class (``cifarlit.nets.SmallCNN``, ``cifarlit.nets.TorchvisionNet`` or your own ``nn.Module`` whose
-    ``__init__`` takes ``num_classes`` and ``image_shape`` first).
+    another class (``cifarlit.nets.SmallCNN``, ``cifarlit.nets.TorchvisionNet``, ``cifarlit.models.pretrained.TimmNet``
+    or your own ``nn.Module`` whose ``__init__`` takes ``num_classes`` and ``image_shape`` first). A net with a
+    ``load_weights(classes)`` method (TimmNet, TorchvisionNet) gets its ``weights`` when a fit starts, not when built.
 
     Args:
         hidden_sizes: MLP: width of each hidden layer; ``[]`` gives a linear model. The lecture's net is [100, 100].
@@ -109,7 +111,8 @@ class LitMLP(L.LightningModule):
             _check_mlp(hidden_sizes, dropout)
             self.net = MLP(num_classes, tuple(image_shape), list(hidden_sizes), norm, dropout, activation)
         else:
-            self.net = net(num_classes, tuple(image_shape))
+            with weights.deferred():  # a net's own `weights` are applied in setup, when a fit starts
+                self.net = net(num_classes, tuple(image_shape))
             if not isinstance(self.net, nn.Module):
                 raise CifarlitError(f"model.net built a {type(self.net).__name__}, not a torch.nn.Module.")
         if compile:
@@ -141,12 +144,19 @@ class LitMLP(L.LightningModule):
         return nn.ModuleList(_without(self.net, self.net.get_submodule(self.head_name)))
 
     def setup(self, stage: str) -> None:
-        # A resumed fit restores its own weights afterwards, so init_from only matters for a fresh start.
-        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
+        # A resumed fit restores its own weights afterwards, so the net's `weights` (TimmNet, TorchvisionNet) and
+        # init_from only matter for a fresh start; a checkpoint tested, predicted with or exported needs neither.
+        if stage != "fit" or self.trainer.ckpt_path is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        classes = list(datamodule.classes) if datamodule is not None and hasattr(datamodule, "classes") else None
+        load_weights = getattr(self.net, "load_weights", None)
+        report = self.weights_report = load_weights(classes) if callable(load_weights) else None
+        if report is not None and self.trainer.is_global_zero:
+            print(f"model.net.init_args.weights {self.net.weights}: {report}")
+        if self.hparams.init_from:
             from cifarlit.transfer import load_into
 
-            datamodule = getattr(self.trainer, "datamodule", None)
-            classes = list(datamodule.classes) if datamodule is not None and hasattr(datamodule, "classes") else None
             report = load_into(self.net, Path(self.hparams.init_from), self.head_name, classes)
             self.init_report = report
             if self.trainer.is_global_zero:

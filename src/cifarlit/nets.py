@@ -10,6 +10,7 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -254,9 +255,11 @@ class TorchvisionNet(nn.Module):
         image_shape: ``(C, H, W)`` of the inputs.
         name: a function name in ``torchvision.models``, e.g. ``resnet18``.
         small_input: for ResNets, swap the 7x7 stride-2 stem and its max-pool for a 3x3 stride-1 conv, the usual
-            adaptation to 32x32 images (ImageNet's stem would shrink them to 8x8 before the first block).
-        weights: torchvision pretrained weights, e.g. ``IMAGENET1K_V1`` (needs internet, or torchvision's cache).
-            Offline, download the file elsewhere and pass it with ``model.init_from`` instead.
+            adaptation to 32x32 images (ImageNet's stem would shrink them to 8x8 before the first block); pretrained
+            weights then leave that conv freshly initialised.
+        weights: a local weights file (``.safetensors``, a ``torch.save``'d state_dict, a cifarlit ``.ckpt``), or
+            torchvision's pretrained tag, e.g. ``IMAGENET1K_V1`` (downloaded into ``$TORCH_HOME/hub/checkpoints``).
+            A head of another class count is re-created. Built by ``LitMLP``, they are applied when a fit starts.
     """
 
     def __init__(
@@ -271,53 +274,76 @@ class TorchvisionNet(nn.Module):
         import torchvision
 
         from cifarlit.errors import CifarlitError
+        from cifarlit.models import weights as weights_files
 
         if name not in torchvision.models.list_models(torchvision.models):
             raise CifarlitError(
                 f"model.net.init_args.name={name!r} is not a torchvision classification model; valid names "
                 f"include resnet18, resnet50, mobilenet_v3_small (see torchvision.models.list_models())."
             )
-        builder = torchvision.models.get_model_builder(name)
-        if weights:
-            model = _pretrained(name, builder, weights)
-            head_name = _head_name(model)
-            old = model.get_submodule(head_name)
-            if old.out_features != num_classes:
-                _set_submodule(model, head_name, nn.Linear(old.in_features, num_classes))
-        else:
-            model = builder(num_classes=num_classes)
+        if weights and not weights_files.looks_like_file(weights):
+            _weights_enum(name, weights)  # an unknown tag is refused now, not when the fit starts
+        model = torchvision.models.get_model_builder(name)(num_classes=num_classes)
         if image_shape[0] != 3:
             raise CifarlitError(f"model.net: {name} expects 3-channel images, the data has {image_shape[0]}.")
+        self.renewed: tuple[str, ...] = ()  # modules built differently from torchvision's (see load_weights)
         if small_input and hasattr(model, "conv1") and hasattr(model, "maxpool"):
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
+            self.renewed = ("model.conv1",)
         _replace_global_pools(model)
         self.model = model
+        self.name, self.weights = name, weights
         self.head_name = "model." + _head_name(model)
+        if weights and not weights_files.deferring():
+            self.load_weights()
+
+    def load_weights(self, classes: list[str] | None = None):
+        """Copy ``weights`` in (a head of other classes, and a swapped stem, keep their fresh initialisation);
+        returns the :class:`cifarlit.transfer.LoadReport`, or None without ``weights``."""
+        from cifarlit.models import weights as weights_files
+        from cifarlit.transfer import load_into, load_state
+
+        option = "model.net.init_args.weights"
+        if not self.weights:
+            return None
+        if weights_files.looks_like_file(self.weights):
+            return load_into(self, Path(self.weights), self.head_name, classes, option, self.renewed)
+        state = _pretrained_state(self.name, self.weights)
+        return load_state(self, state, self.head_name, f"{option}={self.weights}", classes, None, self.renewed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
 
-def _pretrained(name: str, builder, weights: str) -> nn.Module:
+def _weights_enum(name: str, weights: str):
     import torchvision
 
     from cifarlit.errors import CifarlitError
 
     try:
-        enum = torchvision.models.get_model_weights(name)[weights]
+        return torchvision.models.get_model_weights(name)[weights]
     except KeyError:
         valid = [w.name for w in torchvision.models.get_model_weights(name)]
         raise CifarlitError(
-            f"model.net.init_args.weights={weights!r} is not valid for {name}; use one of {valid}."
+            f"model.net.init_args.weights={weights!r} is not valid for {name}; use one of {valid}, or a weights "
+            f"file (.safetensors, .pth)."
         ) from None
+
+
+def _pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """torchvision's pretrained tensors, from ``$TORCH_HOME/hub/checkpoints`` or downloaded there."""
+    from cifarlit.errors import CifarlitError
+
+    enum = _weights_enum(name, weights)
     try:
-        return builder(weights=enum)
+        return enum.get_state_dict(progress=False, check_hash=True)
     except OSError as err:  # URLError is an OSError: no internet
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
         raise CifarlitError(
-            f"cannot download torchvision's {name} {weights} weights ({err}). Offline, fetch {enum.url} on a "
-            f"machine with internet, copy the file here and pass it with --model.init_from <file> "
-            f"(leave weights unset)."
+            f"cannot download torchvision's {name} {weights} weights ({err}): on a machine with internet fetch "
+            f"{enum.url} and put it into $TORCH_HOME/hub/checkpoints (here {folder}), or pass the file with "
+            f"--model.net.init_args.weights PATH."
         ) from None
 
 

@@ -1,8 +1,10 @@
 """``model.init_from``: start a network from another run's weights, re-creating the head when classes differ.
 
-The file may be a cifarlit/Lightning checkpoint (its ``state_dict`` has ``net.`` prefixes) or a plain
-``state_dict`` saved with ``torch.save`` (e.g. torchvision's downloaded weights). Only the classifier head may
-differ in shape; any other difference means a different architecture and is an error, never a silent partial load.
+The file may be a cifarlit/Lightning checkpoint (its ``state_dict`` has ``net.`` prefixes), a plain
+``state_dict`` saved with ``torch.save`` (e.g. torchvision's downloaded weights) or a ``.safetensors`` file (timm's,
+the Hub's, or ``cifarlit export --format safetensors``), all read by :func:`cifarlit.models.weights.read`. Only the
+classifier head may differ in shape; any other difference means a different architecture and is an error, never a
+silent partial load. A network's own ``weights`` option (``TimmNet``, ``TorchvisionNet``) is applied the same way.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarlit import checkpoints
 from cifarlit.errors import CifarlitError
-
-WEIGHTS_HELP = "a .ckpt from an earlier run or a file written by torch.save(model.state_dict(), path)"
+from cifarlit.models import weights
 
 
 @dataclass
@@ -37,61 +37,73 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """The network's tensors (the LightningModule's ``net.`` prefix removed) and, for a cifarlit checkpoint, the
-    class names its head was trained on."""
-    name = f"model.init_from={path}"
-    obj = checkpoints.load(path, name, WEIGHTS_HELP)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    tensors = isinstance(state, dict) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    )
-    if not tensors:
-        raise CifarlitError(f"{name} holds no state_dict of named tensors; pass {WEIGHTS_HELP}.")
-    if any(k.startswith("net.") for k in state):
-        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    classes = None
-    if checkpoints.DATA_KEY in obj:  # a cifarlit checkpoint: its class names decide whether the head is kept
-        hparams = obj.get("hyper_parameters")
-        try:  # the check --ckpt_path makes, in init_from's words
-            checkpoints.check_data_state(obj[checkpoints.DATA_KEY], hparams if isinstance(hparams, dict) else {}, name)
-        except CifarlitError as err:
-            raise CifarlitError(str(err).replace(checkpoints.CHECKPOINT_HELP, WEIGHTS_HELP)) from None
-        classes = obj[checkpoints.DATA_KEY].get("classes")
-    return state, list(classes) if classes else None
+def read_weights(path: Path, option: str = "model.init_from") -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The network's tensors (the LightningModule's ``net.`` prefix removed) and, when the file says, the class
+    names its head was trained on."""
+    found = weights.read(path, option)
+    return found.state, found.classes
 
 
-def load_into(net: nn.Module, path: Path, head_name: str, classes: list[str] | None = None) -> LoadReport:
+def load_into(
+    net: nn.Module,
+    path: Path,
+    head_name: str,
+    classes: list[str] | None = None,
+    option: str = "model.init_from",
+    renewed: tuple[str, ...] = (),
+) -> LoadReport:
     """Copy ``path``'s tensors into ``net``; re-create the head when its shape differs, or when the file names
     other classes than ``classes`` (5 animals -> 5 vehicles: same shape, but each output means something else).
-    Returns what was done."""
-    source, source_classes = read_weights(path)
+    ``option`` names where the path came from in messages; see :func:`load_state` for ``renewed``. Returns what
+    was done."""
+    source, source_classes = read_weights(path, option)
+    return load_state(net, source, head_name, f"{option}={path}", classes, source_classes, renewed)
+
+
+def load_state(
+    net: nn.Module,
+    source: dict[str, torch.Tensor],
+    head_name: str,
+    origin: str,
+    classes: list[str] | None = None,
+    source_classes: list[str] | None = None,
+    renewed: tuple[str, ...] = (),
+) -> LoadReport:
+    """:func:`load_into` for tensors already read; ``origin`` names them in messages. ``renewed`` names modules
+    besides the head that this network builds differently from the file's (TorchvisionNet's 3x3 stem for small
+    images): like the head, they keep their fresh initialisation when their shapes differ."""
     target = net.state_dict()
     source = _align_prefix(source, target)
-    in_head = lambda key: key.startswith(head_name + ".")  # noqa: E731
+    groups = (head_name, *renewed)
+    group = lambda key: next((g for g in groups if key.startswith(g + ".")), None)  # noqa: E731
     report = LoadReport()
     mismatched = [k for k in target if k in source and source[k].shape != target[k].shape]
     missing = [k for k in target if k not in source]
     unexpected = [k for k in source if k not in target]
-    bad = [k for k in mismatched + missing + unexpected if not in_head(k)]
+    # in the network's order, so "the first" is the earliest layer that does not fit
+    bad = [k for k in target if (k not in source or k in mismatched) and group(k) is None]
+    bad += [k for k in unexpected if group(k) is None]
     if bad:
-        detail = "; ".join(
-            f"{k}: {tuple(source[k].shape)} in the file vs {tuple(target[k].shape)} here"
+        k = bad[0]
+        detail = (
+            f"{tuple(source[k].shape)} in the file vs {tuple(target[k].shape)} here"
             if k in mismatched
-            else f"{k}: {'not in the file' if k in missing else 'not in this network'}"
-            for k in bad[:4]
+            else ("not in the file" if k in missing else "not in this network")
         )
         raise CifarlitError(
-            f"model.init_from={path} does not fit this network outside its head '{head_name}' ({len(bad)} tensors, "
-            f"{detail}); use the same model.net (and init_args) as the run that wrote it."
+            f"{origin} does not fit this network outside its head '{head_name}' ({len(bad)} tensors differ, the "
+            f"first {k}: {detail}); use the same model.net (and init_args) as the run or model that wrote it."
         )
-    head_differs = any(in_head(k) for k in mismatched + missing)
+    differs = {group(k) for k in mismatched + missing if group(k) is not None}
+    first = next((k for k in mismatched if group(k) is not None), None)
+    if first is not None:
+        report.reason = f"{first}: {tuple(source[first].shape)} in the file vs {tuple(target[first].shape)} here"
     if classes is not None and source_classes is not None and list(classes) != source_classes:
-        head_differs = True
+        differs.add(head_name)
         report.reason = f"the file's head is for {source_classes}, this run's data has {list(classes)}"
     for key in target:
-        if in_head(key) and head_differs:
-            report.reinitialised.append(key)  # keeps the freshly initialised head of the new class count
+        if group(key) in differs:
+            report.reinitialised.append(key)  # keeps the fresh initialisation (the head: of the new class count)
         else:
             target[key] = source[key]
             report.loaded.append(key)
