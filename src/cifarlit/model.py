@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 
 from cifarlit import nets, schedules
 from cifarlit.errors import CifarlitError
-from cifarlit.models import weights
+from cifarlit.models import pretrained, weights
 from cifarlit.nets import MLP
 
 STAGES = ("train", "val", "test")
@@ -71,8 +71,8 @@ class LitMLP(L.LightningModule):
     """
 
     # Where the classes a checkpoint's hyperparameters may name come from (``checkpoints.check_hyperparameters``):
-    # cifarlit's networks and schedules, torch's optimizers and LR schedulers.
-    CHECKPOINT_MODULES = (nets, schedules, torch.optim, torch.optim.lr_scheduler)
+    # cifarlit's networks (timm's through TimmNet) and schedules, torch's optimizers and LR schedulers.
+    CHECKPOINT_MODULES = (nets, pretrained, schedules, torch.optim, torch.optim.lr_scheduler)
 
     def __init__(
         self,
