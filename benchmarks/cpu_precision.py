@@ -36,7 +36,7 @@ def step_fn(net: torch.nn.Module, bf16: bool):
 
 
 def run(data: str | None = None) -> list[dict]:
-    from cifarlit.nets import CifarResNet, SmallCNN
+    from cifarlit.models.nets import CifarResNet, SmallCNN
 
     torch.manual_seed(0)
     nets = {

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Stopwatch
-from cifarlit import sources
-from cifarlit.augment import AugmentConfig
-from cifarlit.data import CIFAR10DataModule
+from cifarlit.data import sources
+from cifarlit.data.augment import AugmentConfig
+from cifarlit.data.datamodule import CIFAR10DataModule
 
 
 class _Training:

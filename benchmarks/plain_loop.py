@@ -23,15 +23,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # torch only: no Lightning in this process
-from cifarlit.augment import AugmentConfig, BatchAugment  # noqa: E402
-from cifarlit.nets import MLP, SmallCNN  # noqa: E402
-from cifarlit.schedules import WarmupCosineLR  # noqa: E402
+from cifarlit.data.augment import AugmentConfig, BatchAugment  # noqa: E402
+from cifarlit.models.nets import MLP, SmallCNN  # noqa: E402
+from cifarlit.models.schedules import WarmupCosineLR  # noqa: E402
 
 
 def export_split(data: str, path: Path, val_size: float = 0.2) -> int:
     """Saves cifarlit's train/val split of ``data`` (uint8 tensors and the train statistics) to ``path`` for the
     plain loop; returns the number of training images."""
-    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.data.datamodule import CIFAR10DataModule
 
     dm = CIFAR10DataModule(data, download=False, val_size=val_size)
     dm.setup("fit")

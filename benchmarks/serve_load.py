@@ -45,7 +45,7 @@ def image_files(data: Path, n: int, out: Path) -> list[Path]:
         return files[:: max(1, len(files) // n)][:n]
     from PIL import Image
 
-    from cifarlit import sources
+    from cifarlit.data import sources
 
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(sources.load(data).test_x[:n]):
@@ -184,7 +184,7 @@ def in_process(model: Path, files: list[Path], total: int) -> dict:
     """onnxruntime in this process: each image decoded as the server decodes it, then run alone, ``total`` times."""
     import onnxruntime as ort
 
-    from cifarlit.sources import decode
+    from cifarlit.data.sources import decode
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])

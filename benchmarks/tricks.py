@@ -53,7 +53,7 @@ def run(data: str | None = None) -> list[dict]:
     rows.append(compare("batch by index_select, not x[idx] (512 of 40,000 images)",
                         lambda: big.index_select(0, idx), lambda: big[idx]))  # fmt: skip
 
-    from cifarlit.data import normalizer
+    from cifarlit.data.datamodule import normalizer
 
     scale, shift = normalizer(torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26]))
     mean, std = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1), torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
@@ -61,7 +61,7 @@ def run(data: str | None = None) -> list[dict]:
                         lambda: x512.float().mul_(scale).add_(shift),
                         lambda: (x512.float() / 255 - mean) / std))  # fmt: skip
 
-    from cifarlit.augment import AugmentConfig, BatchAugment, select_apply
+    from cifarlit.data.augment import AugmentConfig, BatchAugment, select_apply
 
     x64 = torch.rand(64, 3, 32, 32)
     crop_flip = BatchAugment(AugmentConfig(preset="crop_flip"))
@@ -95,7 +95,7 @@ def run(data: str | None = None) -> list[dict]:
                         unit="us", repeats=1000))  # fmt: skip
     tally.clear()
 
-    from cifarlit.nets import MLP, SmallCNN
+    from cifarlit.models.nets import MLP, SmallCNN
 
     for fused in (True, None):
         model = MLP(10, (3, 32, 32), [100, 100])
@@ -127,7 +127,7 @@ def run(data: str | None = None) -> list[dict]:
                         lambda: cnn(xb).sum().backward(), lambda: contiguous(xb).sum().backward(),
                         repeats=3))  # fmt: skip
 
-    from cifarlit.data import channel_stats
+    from cifarlit.data.datamodule import channel_stats
 
     rows.append(compare("channel statistics by uint8 bincount, not through an int64 copy (40,000 images)",
                         lambda: channel_stats(big),

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlit.sources import CIFAR10_CLASSES
+from cifarlit.data.sources import CIFAR10_CLASSES
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images.tar.gz"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
-from cifarlit.data import CIFAR10DataModule
+from cifarlit.data.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
+from cifarlit.data.datamodule import CIFAR10DataModule
 
 
 def asymmetric_batch(n: int) -> torch.Tensor:
@@ -95,7 +95,7 @@ def test_only_the_training_batches_are_augmented(pickle_root, backend):
 
 
 def test_mixup_blends_each_image_with_one_partner_by_one_weight():
-    from cifarlit.augment import BatchMix
+    from cifarlit.data.augment import BatchMix
 
     torch.manual_seed(0)
     x, y = torch.rand(64, 3, 8, 8), torch.randint(0, 10, (64,))
@@ -111,7 +111,7 @@ def test_mixup_blends_each_image_with_one_partner_by_one_weight():
 
 
 def test_cutmix_pastes_one_box_and_mixes_the_labels_by_its_area():
-    from cifarlit.augment import BatchMix
+    from cifarlit.data.augment import BatchMix
 
     torch.manual_seed(1)
     x = torch.arange(32).float().view(32, 1, 1, 1).expand(32, 3, 16, 16).contiguous()  # image i is all i

@@ -164,7 +164,7 @@ def test_stream_cost_compares_epochs_and_the_peak_memory_of_1x_and_5x_streams(pi
 
 
 def test_plain_loop_trains_the_same_split_and_reports_every_epoch(pickle_root, tmp_path):
-    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.data.datamodule import CIFAR10DataModule
 
     split_path = tmp_path / "split.pt"
     n_train = plain_loop.export_split(str(pickle_root), split_path)
@@ -186,7 +186,7 @@ def test_plain_loop_trains_the_same_split_and_reports_every_epoch(pickle_root, t
 
 def test_synthetic_data_has_cifars_layout(tmp_path):
     root = common.synthetic(tmp_path / "synthetic", n_train=50, n_test=10)
-    from cifarlit import sources
+    from cifarlit.data import sources
 
     raw = sources.load(root)
     assert raw.train_x.shape == (50, 32, 32, 3) and raw.test_x.shape == (10, 32, 32, 3)

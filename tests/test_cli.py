@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cifarlit.nets import ACTIVATIONS, MLP, NORMS
+from cifarlit.models.nets import ACTIVATIONS, MLP, NORMS
 from helpers import CONFIGS, config_args, one_node, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def pair_objects(objects: list, listed: list[dict], extras: bool = True) -> tupl
 def expected_split_sizes(dm, data: dict) -> tuple[int, int]:
     """(train, val) images that ``data``'s val_size, train_subset and val_subset leave of the kept classes: a
     held-out fraction rounds up (scikit-learn's test_size), a subset fraction to the nearest count, at least 1."""
-    from cifarlit import sources
+    from cifarlit.data import sources
 
     raw = sources.load(dm.data_dir)
     n = int(np.isin(raw.train_y, [raw.classes.index(c) for c in dm.classes]).sum())
@@ -350,7 +350,7 @@ print(cli.trainer.checkpoint_callback.best_model_path)
     assert first.returncode == 0, first.stderr[-2000:]
     ckpt = first.stdout.strip().splitlines()[-1]
     check = (
-        "import torch; from cifarlit.model import LitMLP; "
+        "import torch; from cifarlit.models.lit_mlp import LitMLP; "
         f"m = LitMLP.load_from_checkpoint({ckpt!r}, map_location='cpu').eval(); "
         "assert m.hparams.hidden_sizes == [32]; "
         "assert isinstance(m.configure_optimizers(), torch.optim.SGD); "
@@ -435,7 +435,7 @@ def test_a_mistake_in_a_real_process_prints_no_traceback(tmp_path):
 def test_no_network_fails_fast_with_what_to_put_where(tmp_path, monkeypatch):
     import socket
 
-    from cifarlit import sources
+    from cifarlit.data import sources
 
     def unreachable(*args, **kwargs):
         raise OSError("Network is unreachable")
@@ -478,7 +478,7 @@ def test_nesterov_sgd_and_gradient_clipping_from_the_command_line(pickle_root, t
 
     import lightning as L
 
-    from cifarlit.model import LitMLP
+    from cifarlit.models.lit_mlp import LitMLP
 
     L.seed_everything(42)
     before = LitMLP().state_dict()  # seed_everything: 42 in the config makes every run start from these
@@ -513,7 +513,7 @@ def _logger_config(save_dir, version=None):
 
 
 def test_every_run_claims_its_own_folder_before_anything_is_built(tmp_path, monkeypatch):
-    from cifarlit import runs
+    from cifarlit.training import runs
 
     first, second = _logger_config(tmp_path), _logger_config(tmp_path)
     runs.claim_run_dir(first)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlit import sources
-from cifarlit.data import CIFAR10DataModule, channel_stats
-from cifarlit.sources import DataError
+from cifarlit.data import sources
+from cifarlit.data.datamodule import CIFAR10DataModule, channel_stats
+from cifarlit.data.sources import DataError
 
 
 def make_dm(root, **kwargs) -> CIFAR10DataModule:

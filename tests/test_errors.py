@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 
-from cifarlit import sources
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.errors import CifarlitError
-from cifarlit.model import LitMLP
-from cifarlit.sources import DataError
+from cifarlit.data import sources
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import DataError
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.utils.errors import CifarlitError
 
 
 def snapshot(root) -> dict:
@@ -134,7 +134,7 @@ class NaNAtStep(LitMLP):
 
 @pytest.mark.parametrize("pack_steps", [256, 1])  # 1: the step is found in stacked tallies too
 def test_nan_loss_stops_before_a_checkpoint_and_keeps_the_last_good_one(pack_steps, pickle_root, tmp_path, monkeypatch):
-    from cifarlit import model as model_module
+    from cifarlit.models import lit_mlp as model_module
 
     monkeypatch.setattr(model_module, "PACK_STEPS", pack_steps)
     L.seed_everything(0)
@@ -150,7 +150,7 @@ def test_nan_loss_stops_before_a_checkpoint_and_keeps_the_last_good_one(pack_ste
 
 
 def test_checkpoint_errors_name_the_file(tmp_path, pickle_root):
-    from cifarlit.checkpoints import load_checkpoint as check_checkpoint
+    from cifarlit.utils.checkpoints import load_checkpoint as check_checkpoint
 
     truncated = tmp_path / "cut.ckpt"
     torch.save({"state_dict": {"net.layers.1.weight": torch.zeros(3)}, "hyper_parameters": {}}, truncated)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cifarlit.cli import cli_main
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.model import LitMLP
-from cifarlit.sources import load_unlabelled_folder
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import load_unlabelled_folder
+from cifarlit.models.lit_mlp import LitMLP
 from conftest import MIXED, write_unlabelled_folder
 
 

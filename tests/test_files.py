@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from cifarlit.files import atomic_write
-from cifarlit.predict import write_csv
+from cifarlit.training.predict import write_csv
+from cifarlit.utils.files import atomic_write
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from cifarlit.files import atomic_write
+from cifarlit.utils.files import atomic_write
 with atomic_write(sys.argv[1]) as f:
     f.write("id,label\\nhalf")
     f.flush()
@@ -66,7 +66,7 @@ def test_the_predictions_csv_is_whole_or_the_old_one(tmp_path, monkeypatch):
 
 
 def test_a_failed_export_leaves_no_model_file(own_run, tmp_path, monkeypatch):
-    from cifarlit import export
+    from cifarlit.commands import export
 
     def half_then_fail(module, path):
         with open(path, "wb") as f:

@@ -79,9 +79,9 @@ def test_no_host_sync_inside_a_training_step(extra, pickle_root, tmp_path, monke
     """Watched: serving the batch, moving, augmenting and normalizing it, and the optimizer step (which runs
     training_step, the loss and backward inside it). Only cifarlit's own lines fail the test; the rest is
     printed, for the benchmarks' notes."""
-    from cifarlit.data import CIFAR10DataModule
-    from cifarlit.loaders import ArrayDataset
-    from cifarlit.model import LitMLP
+    from cifarlit.data.datamodule import CIFAR10DataModule
+    from cifarlit.data.loaders import ArrayDataset
+    from cifarlit.models.lit_mlp import LitMLP
 
     for cls, name in ((ArrayDataset, "__getitems__"), (CIFAR10DataModule, "transfer_batch_to_device"),
                       (CIFAR10DataModule, "on_after_batch_transfer"), (LitMLP, "optimizer_step")):  # fmt: skip
@@ -130,7 +130,7 @@ def test_bf16_and_compile_train_on_the_gpu(extra, pickle_root, tmp_path, monkeyp
 @pytest.mark.parametrize(
     "net",
     [["-c", "configs/experiments/cnn.yaml"],
-     ["--model.net", "cifarlit.nets.TorchvisionNet", "--model.net.init_args.name", "resnet18"]],
+     ["--model.net", "cifarlit.models.nets.TorchvisionNet", "--model.net.init_args.name", "resnet18"]],
     ids=["cnn", "resnet18"],
 )  # fmt: skip
 def test_deterministic_true_repeats_a_gpu_run_exactly(net, pickle_root, tmp_path, monkeypatch):
@@ -151,8 +151,8 @@ def test_deterministic_true_repeats_a_gpu_run_exactly(net, pickle_root, tmp_path
 def test_non_finite_loss_on_the_gpu_stops_before_a_checkpoint(pickle_root, tmp_path):
     import lightning as L
 
-    from cifarlit.data import CIFAR10DataModule
-    from cifarlit.errors import CifarlitError
+    from cifarlit.data.datamodule import CIFAR10DataModule
+    from cifarlit.utils.errors import CifarlitError
     from test_errors import NaNAtStep
 
     L.seed_everything(0)

@@ -27,13 +27,14 @@ import yaml
 from jsonargparse import Namespace
 from torch import nn
 
-from cifarlit import checkpoints, runs
 from cifarlit.cli import cli_main
-from cifarlit.errors import CifarlitError
-from cifarlit.model import LitMLP
-from cifarlit.nets import SmallCNN
-from cifarlit.schedules import WarmupCosineLR
-from cifarlit.transfer import read_weights
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.models.nets import SmallCNN
+from cifarlit.models.schedules import WarmupCosineLR
+from cifarlit.models.transfer import read_weights
+from cifarlit.training import runs
+from cifarlit.utils import checkpoints
+from cifarlit.utils.errors import CifarlitError
 from helpers import REPO, RunsCode, run_cli
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
@@ -146,7 +147,8 @@ CODE_VARIANTS = {
                           "init_args": {"lr_lambda": f"{MODULE}.called"}}},
         "hyper_parameters.lr_scheduler.init_args.lr_lambda"),
     "SmallCNN widths = a class": (
-        {"net": {"class_path": "cifarlit.nets.SmallCNN", "init_args": {"widths": [{"class_path": f"{MODULE}.Thing"}]}}},
+        {"net": {"class_path": "cifarlit.models.nets.SmallCNN",
+                 "init_args": {"widths": [{"class_path": f"{MODULE}.Thing"}]}}},
         "hyper_parameters.net.init_args.widths[0]"),
     "hidden_sizes = a yaml tag": ({"hidden_sizes": f"!!python/object/apply:{MODULE}.called []"},
                                   "hyper_parameters.hidden_sizes"),
@@ -375,7 +377,10 @@ SHAPE_VARIANTS = {
     "hidden layer of 10^9 units": (put("hyper_parameters.hidden_sizes", [10**9]), "describe another network"),
     "another hidden width": (put("hyper_parameters.hidden_sizes", [100, 50]), "describe another network"),
     "another class count": (no_class_names("num_classes", 10), "describe another network"),
-    "another network": (put("hyper_parameters.net", {"class_path": "cifarlit.nets.SmallCNN"}), "describe another"),
+    "another network": (
+        put("hyper_parameters.net", {"class_path": "cifarlit.models.nets.SmallCNN"}),
+        "describe another",
+    ),
     "hidden_sizes a string": (put("hyper_parameters.hidden_sizes", "100,100"), "hyper_parameters.hidden_sizes"),
     "dropout a mapping": (put("hyper_parameters.dropout", {"p": 0.1}), "do not build a LitMLP"),
     "one class": (no_class_names("num_classes", 1), "model.num_classes=1 is not valid"),

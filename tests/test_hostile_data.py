@@ -35,11 +35,12 @@ import pytest
 import torch
 from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
-from cifarlit import prepare, sources
 from cifarlit.cli import cli_main
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.sources import DataError
-from cifarlit.trainer import CifarTrainer
+from cifarlit.commands import prepare
+from cifarlit.data import sources
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import DataError
+from cifarlit.training.trainer import CifarTrainer
 from conftest import write_image_folder
 from helpers import REPO
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from cifarlit import files
 from cifarlit.cli import cli_main
-from cifarlit.errors import CifarlitError
+from cifarlit.utils import files
+from cifarlit.utils.errors import CifarlitError
 from helpers import REPO
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
@@ -267,7 +267,7 @@ def test_tune_refuses_a_storage_it_cannot_use_and_leaves_it_as_it_was(case, tmp_
 def test_an_empty_journal_is_a_new_study(tmp_path):
     from optuna.storages import JournalStorage
 
-    from cifarlit.tune import open_storage
+    from cifarlit.commands.tune import open_storage
 
     (tmp_path / "s.journal").write_bytes(b"")  # what Optuna itself creates first: another worker's new study
     assert isinstance(open_storage(str(tmp_path / "s.journal"), "t")[0], JournalStorage)

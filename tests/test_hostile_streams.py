@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarlit import prepare as prepare_module
-from cifarlit import stream
 from cifarlit.cli import cli_main
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.sources import DataError
+from cifarlit.commands import prepare as prepare_module
+from cifarlit.data import stream
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import DataError
 from conftest import write_pickle_cifar
 from helpers import REPO, RunsCode
 

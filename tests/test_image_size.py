@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlit import sources
 from cifarlit.cli import cli_main
+from cifarlit.data import sources
 from conftest import write_image_folder, write_unlabelled_folder
 from helpers import REPO, run_cli
 
@@ -87,7 +87,7 @@ def test_an_image_is_resized_by_its_shorter_side_and_its_middle_kept(tmp_path):
 def test_gray_images_train_with_one_input_channel(folder_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(folder_root), "--data.channels", "1",
-                  "--data.augment.preset", "course", "--model.net", "cifarlit.nets.SmallCNN",
+                  "--data.augment.preset", "course", "--model.net", "cifarlit.models.nets.SmallCNN",
                   "--trainer.max_epochs", "1")  # fmt: skip
     assert cli.datamodule.train_set.x.shape[1:] == (1, 32, 32) and len(cli.datamodule.mean) == 1
     assert cli.model.net.features[0].in_channels == 1

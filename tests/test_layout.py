@@ -9,34 +9,79 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarlit"
 FACE = {"cli", "__main__"}  # the command-line face: it imports the rest, nothing imports it
+# The floors, bottom up: a module imports its own floor's package or lower ones, never higher, and data and
+# models (one floor) know nothing of each other.
+FLOORS = {"": 0, "utils": 0, "data": 1, "models": 1, "training": 2, "commands": 3, "cli": 4, "__main__": 5}
+
+
+def name_of(path: Path) -> str:
+    """``data.datamodule`` for src/cifarlit/data/datamodule.py, ``cli`` for cli.py, ``data`` for its __init__."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {name_of(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(dotted: str) -> str:
+    """The module a dotted ``cifarlit.x.y`` import names (``x.y``, or ``x`` when it is a name inside x)."""
+    parts = dotted.split(".")[1:]
+    while parts and ".".join(parts) not in MODULES:
+        parts.pop()
+    return ".".join(parts)
 
 
 def imports(module: Path) -> set[str]:
-    """The cifarlit modules ``module`` imports, at the top or inside functions (``from cifarlit import x`` too)."""
+    """The cifarlit modules ``module`` imports, at the top or inside functions (``from cifarlit.x import y`` names
+    the module ``x.y`` when there is one)."""
     found = set()
     for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cifarlit"):
-            if node.module == "cifarlit":
-                found |= {alias.name for alias in node.names}
-            else:
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cifarlit":
+            for alias in node.names:
+                found.add(_resolve(f"{node.module}.{alias.name}"))
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cifarlit.")}
-    return found - {module.stem}
+            found |= {_resolve(a.name) for a in node.names if a.name.startswith("cifarlit.")}
+    return found - {name_of(module)}
 
 
-GRAPH = {path.stem: imports(path) for path in sorted(PACKAGE.glob("*.py"))}
+GRAPH = {name: imports(path) for name, path in MODULES.items()}
+
+
+def floor(module: str) -> tuple[int, str]:
+    top = module.split(".")[0]
+    return FLOORS[top if top in FLOORS else ""], top
+
+
+def test_every_module_stands_on_a_floor():
+    assert {m.split(".")[0] for m in GRAPH} - {""} <= set(FLOORS), "a new package needs its floor in FLOORS"
+    assert {"data.datamodule", "models.lit_mlp", "training.trainer", "commands.prepare", "utils.errors"} <= set(GRAPH)
 
 
 def test_the_graph_sees_function_level_imports():
     # nets.py and trainer.py import inside functions; a parser that only read the top would miss them
-    assert "errors" in GRAPH["nets"] and {"report", "predict"} <= GRAPH["trainer"]
-    assert {"compare", "tune", "export"} <= GRAPH["cli"]
+    assert "utils.errors" in GRAPH["models.nets"] and {"data.explore", "training.predict"} <= GRAPH["training.trainer"]
+    assert {"commands.compare", "commands.tune", "commands.export"} <= GRAPH["cli"]
 
 
 @pytest.mark.parametrize("module", sorted(set(GRAPH) - FACE))
 def test_nothing_imports_the_command_line_back(module):
     assert not GRAPH[module] & FACE, f"{module} imports {GRAPH[module] & FACE}"
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_go_down_the_floors(module):
+    level, package = floor(module)
+    for target in GRAPH[module]:
+        target_level, target_package = floor(target)
+        assert target_level < level or target_package == package or target_level == 0 and level == 0, (
+            f"{module} (floor {level}) imports {target} (floor {target_level})"
+        )
+
+
+def test_the_public_face_is_the_design_cards():
+    import cifarlit
+
+    assert cifarlit.CIFAR10DataModule.__name__ == "CIFAR10DataModule" and cifarlit.LitMLP.__name__ == "LitMLP"
 
 
 def test_the_imports_have_no_cycle():
@@ -83,4 +128,4 @@ def test_the_readme_points_at_tests_that_exist():
     for path, test in named:
         assert f"def {test}(" in (root / path).read_text(), f"README names {path}::{test}, which is not there"
     listed = set(re.findall(r"`(\w+)\.py`", (root / "README.md").read_text().split("## How the code is laid out")[1]))
-    assert {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"} <= listed  # every module described
+    assert {p.stem for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"} <= listed  # every module described

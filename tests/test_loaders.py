@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, SubsetRandomSampler
 
-from cifarlit.loaders import ArrayDataset, EvalBatchSampler, TensorBatchSampler, TrainBatchSampler, whole_batch
+from cifarlit.data.loaders import ArrayDataset, EvalBatchSampler, TensorBatchSampler, TrainBatchSampler, whole_batch
 
 
 def dataset(n: int = 103) -> ArrayDataset:

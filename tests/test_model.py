@@ -9,10 +9,10 @@ import torch
 import yaml
 from torch import nn
 
-from cifarlit.errors import CifarlitError
-from cifarlit.model import LitMLP
-from cifarlit.nets import MLP
-from cifarlit.schedules import WarmupCosineLR
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.models.nets import MLP
+from cifarlit.models.schedules import WarmupCosineLR
+from cifarlit.utils.errors import CifarlitError
 
 
 @pytest.mark.parametrize("hidden", [[], [50], [100, 100], [64, 32, 16]])
@@ -156,7 +156,11 @@ def test_total_steps_given_in_the_config_is_kept():
 def test_docstring_examples():
     import doctest
 
-    from cifarlit import data, export, files, nets, predict, schedules
+    from cifarlit.commands import export
+    from cifarlit.data import datamodule as data
+    from cifarlit.models import nets, schedules
+    from cifarlit.training import predict
+    from cifarlit.utils import files
 
     for module in (nets, schedules, export, files, predict, data):
         result = doctest.testmod(module)
@@ -166,7 +170,7 @@ def test_docstring_examples():
 def test_bf16_mixed_precision_trains_on_cpu(pickle_root, tmp_path):
     import lightning as L
 
-    from cifarlit.data import CIFAR10DataModule
+    from cifarlit.data.datamodule import CIFAR10DataModule
 
     dm = CIFAR10DataModule(str(pickle_root), download=False)
     trainer = L.Trainer(max_epochs=2, precision="bf16-mixed", accelerator="cpu", logger=False,
@@ -192,7 +196,7 @@ def test_epoch_metrics_are_exact_means_over_images_with_uneven_batches(pack_step
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from cifarlit import model as model_module
+    from cifarlit.models import lit_mlp as model_module
 
     monkeypatch.setattr(model_module, "PACK_STEPS", pack_steps)
 

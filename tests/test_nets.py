@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
-from cifarlit.errors import CifarlitError
-from cifarlit.model import LitMLP
-from cifarlit.nets import MLP, SmallCNN, TorchvisionNet
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.models.nets import MLP, SmallCNN, TorchvisionNet
+from cifarlit.utils.errors import CifarlitError
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_cnn_switched_by_config_trains_and_reloads_from_its_checkpoint(pickle_ro
     monkeypatch.chdir(tmp_path)
     cli = run_cli(
         "fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--trainer.max_epochs", "3",
-        "--model.net", "cifarlit.nets.SmallCNN", "--model.net.widths", "[8, 16]",
+        "--model.net", "cifarlit.models.nets.SmallCNN", "--model.net.widths", "[8, 16]",
         "--model.optimizer.init_args.lr", "0.01",
     )  # fmt: skip
     assert isinstance(cli.model.net, SmallCNN)
@@ -90,14 +90,14 @@ def test_torchvision_builder_is_not_asked_to_download_without_weights(monkeypatc
 
 @pytest.mark.parametrize(
     "net",
-    [{"class_path": "cifarlit.nets.ResidualMLP", "init_args": {"width": 64, "depth": 2}},
-     {"class_path": "cifarlit.nets.CifarResNet", "init_args": {"widths": [8, 16, 32, 32]}}],
+    [{"class_path": "cifarlit.models.nets.ResidualMLP", "init_args": {"width": 64, "depth": 2}},
+     {"class_path": "cifarlit.models.nets.CifarResNet", "init_args": {"widths": [8, 16, 32, 32]}}],
     ids=["residual_mlp", "cifar_resnet"],
 )  # fmt: skip
 def test_the_recipe_networks_train_from_the_config_and_reload(net, pickle_root, tmp_path, monkeypatch):
     import json
 
-    from cifarlit.model import LitMLP
+    from cifarlit.models.lit_mlp import LitMLP
 
     monkeypatch.chdir(tmp_path)
     cli = run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--model.net", json.dumps(net),
@@ -111,7 +111,7 @@ def test_the_recipe_networks_train_from_the_config_and_reload(net, pickle_root, 
 
 
 def test_the_residual_mlp_adds_each_block_to_its_stream():
-    from cifarlit.nets import ResidualMLP
+    from cifarlit.models.nets import ResidualMLP
 
     net = ResidualMLP(10, (3, 8, 8), width=16, depth=3)
     assert len(net.blocks) == 3 and net.blocks[0][1].out_features == 64  # expansion 4
@@ -122,8 +122,8 @@ def test_the_residual_mlp_adds_each_block_to_its_stream():
 
 
 def test_cifar_resnet_widths_must_be_four():
-    from cifarlit.errors import CifarlitError
-    from cifarlit.nets import CifarResNet
+    from cifarlit.models.nets import CifarResNet
+    from cifarlit.utils.errors import CifarlitError
 
     with pytest.raises(CifarlitError, match=r"widths=\[8, 16\] is not valid: give 4 widths"):
         CifarResNet(10, widths=[8, 16])

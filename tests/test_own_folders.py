@@ -12,8 +12,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.sources import DataError
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import DataError
 from conftest import MIXED, write_mixed_folder
 from helpers import run_cli
 
@@ -145,7 +145,7 @@ def test_explore_reports_the_folder_classes(no_test_folder, tmp_path, capsys):
 
 
 def test_the_debug_ladder_passes_on_a_folder(no_test_folder, tmp_path, monkeypatch):
-    from cifarlit.callbacks import OverfitCheck
+    from cifarlit.training.callbacks import OverfitCheck
 
     monkeypatch.chdir(tmp_path)
     cli = run_cli("fit", "-c", DEFAULT, "-c", str(REPO / "configs" / "debug" / "one_batch.yaml"),

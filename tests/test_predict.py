@@ -65,9 +65,9 @@ def test_probability_columns_sum_to_one_and_agree_with_the_label(own_run, new_im
 
 def test_predictions_match_the_module_on_the_same_images(own_run, new_images, tmp_path, monkeypatch):
     """The CSV's numbers are the LightningModule's, normalized with the checkpoint's statistics."""
-    from cifarlit.data import CIFAR10DataModule
-    from cifarlit.model import LitMLP
-    from cifarlit.sources import load_unlabelled_folder
+    from cifarlit.data.datamodule import CIFAR10DataModule
+    from cifarlit.data.sources import load_unlabelled_folder
+    from cifarlit.models.lit_mlp import LitMLP
 
     folder, _ = new_images
     monkeypatch.chdir(tmp_path)

@@ -25,13 +25,13 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cifarlit.data import CIFAR10DataModule  # noqa: E402
-from cifarlit.errors import CifarlitError  # noqa: E402
-from cifarlit.model import LitMLP  # noqa: E402
+from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
 from cifarlit.models import weights  # noqa: E402
+from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
+from cifarlit.models.nets import TorchvisionNet  # noqa: E402
 from cifarlit.models.pretrained import TimmNet  # noqa: E402
-from cifarlit.nets import TorchvisionNet  # noqa: E402
-from cifarlit.transfer import load_into  # noqa: E402
+from cifarlit.models.transfer import load_into  # noqa: E402
+from cifarlit.utils.errors import CifarlitError  # noqa: E402
 from helpers import REPO, RunsCode, run_cli  # noqa: E402
 
 TINY = "test_resnet"  # timm's own test model: 0.37 M parameters, a BatchNorm ResNet with an `fc` head

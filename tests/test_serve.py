@@ -423,9 +423,11 @@ def test_a_failing_model_gets_500_at_once_and_never_hangs(servers, predicted):
 
 def serve_cli(monkeypatch, capsys, *args: str) -> str:
     """``cifarlit serve ARGS`` in this process, which must refuse before serving; returns its stderr line."""
-    import cifarlit.serve
+    import cifarlit.commands.serve
 
-    monkeypatch.setattr(cifarlit.serve, "run", lambda *a: pytest.fail("the server started despite a bad option"))
+    monkeypatch.setattr(
+        cifarlit.commands.serve, "run", lambda *a: pytest.fail("the server started despite a bad option")
+    )
     with pytest.raises(SystemExit) as exited:
         cli_main(["serve", *args])
     assert exited.value.code == 2

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlit import sources
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.sources import DataError
+from cifarlit.data import sources
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import DataError
 from conftest import write_image_folder, write_unlabelled_folder
 from helpers import run_cli
 
@@ -280,7 +280,7 @@ import io, os, signal, sys
 from pathlib import Path
 import numpy as np
 import torch
-from cifarlit import sources
+from cifarlit.data import sources
 
 write_whole = np.savez
 
@@ -315,7 +315,7 @@ def test_a_cache_write_killed_half_way_is_neither_read_nor_in_the_way(fresh_fold
 EXTRACTION_KILLED = """
 import hashlib, os, signal, sys
 from pathlib import Path
-from cifarlit import sources
+from cifarlit.data import sources
 
 root = Path(sys.argv[1])
 sources.CIFAR10_MD5 = hashlib.md5((root / sources.ARCHIVE).read_bytes()).hexdigest()  # the fixture's, trusted
@@ -384,7 +384,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 import torch
-from cifarlit import sources
+from cifarlit.data import sources
 
 root, out, me, other = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 decoded = []

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlit import prepare as prepare_module
-from cifarlit import stream
 from cifarlit.cli import cli_main
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.sources import DataError
+from cifarlit.commands import prepare as prepare_module
+from cifarlit.data import stream
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.sources import DataError
 from conftest import write_image_folder
 from helpers import SeenImages, run_cli
 

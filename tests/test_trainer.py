@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
 
-from cifarlit.trainer import PER_BATCH_HOOKS, CifarTrainer, NoProfiler
+from cifarlit.training.trainer import PER_BATCH_HOOKS, CifarTrainer, NoProfiler
 from helpers import REPO, run_cli
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
@@ -32,8 +32,8 @@ def test_only_the_hooks_a_callback_overrides_are_dispatched(pickle_root, tmp_pat
     counter, both = CountBatches(), EveryBatchHook()
     trainer = CifarTrainer(max_epochs=2, accelerator="cpu", callbacks=[counter, both], logger=False,
                            enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
-    from cifarlit.data import CIFAR10DataModule
-    from cifarlit.model import LitMLP
+    from cifarlit.data.datamodule import CIFAR10DataModule
+    from cifarlit.models.lit_mlp import LitMLP
 
     trainer.fit(LitMLP(), CIFAR10DataModule(str(pickle_root), download=False, batch_size=32))
     assert counter.ends == both.ends == both.zero_grads == 10  # 160 images / 32, two epochs
@@ -86,9 +86,9 @@ def test_a_cpu_fit_skips_lightnings_nvml_cuda_check_and_restores_it(pickle_root,
     import os
     from functools import partial
 
-    from cifarlit.data import CIFAR10DataModule
-    from cifarlit.errors import CifarlitError
-    from cifarlit.model import LitMLP
+    from cifarlit.data.datamodule import CIFAR10DataModule
+    from cifarlit.models.lit_mlp import LitMLP
+    from cifarlit.utils.errors import CifarlitError
 
     seen = []
 

@@ -11,11 +11,11 @@ import torch
 import torchvision
 from lightning.pytorch.callbacks import BackboneFinetuning
 
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.errors import CifarlitError
-from cifarlit.model import LitMLP
-from cifarlit.nets import TorchvisionNet
-from cifarlit.transfer import load_into
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.models.nets import TorchvisionNet
+from cifarlit.models.transfer import load_into
+from cifarlit.utils.errors import CifarlitError
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from cifarlit.tune import nested, open_storage, trial_seeded_sampler
+from cifarlit.commands.tune import nested, open_storage, trial_seeded_sampler
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

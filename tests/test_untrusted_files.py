@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from cifarlit.cli import cli_main
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.model import LitMLP
-from cifarlit.nets import SmallCNN
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.models.nets import SmallCNN
 from helpers import REPO, RunsCode, run_cli
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
@@ -88,7 +88,7 @@ def test_a_module_built_in_python_writes_a_checkpoint_of_plain_values(pickle_roo
     trainer.fit(model, CIFAR10DataModule(str(pickle_root), download=False))
     path = trainer.checkpoint_callback.best_model_path
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]  # no pickled classes in it
-    assert hparams["net"] == {"class_path": "cifarlit.nets.SmallCNN", "init_args": {"widths": [8, 16]}}
+    assert hparams["net"] == {"class_path": "cifarlit.models.nets.SmallCNN", "init_args": {"widths": [8, 16]}}
     rebuilt = LitMLP.load_from_checkpoint(path, weights_only=True)
     assert isinstance(rebuilt.net, SmallCNN)
     assert all(

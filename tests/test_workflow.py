@@ -10,11 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifarlit.callbacks import OverfitCheck
 from cifarlit.cli import cli_main
-from cifarlit.compare import main as compare_main
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.model import LitMLP
+from cifarlit.commands.compare import main as compare_main
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.training.callbacks import OverfitCheck
 from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_compare_writes_next_to_the_runs_unless_told_otherwise(finished_runs, tm
 def test_compare_plots_accuracy_against_wall_clock_time(finished_runs, tmp_path, monkeypatch, capsys):
     import matplotlib.axes
 
-    from cifarlit.compare import read_run
+    from cifarlit.commands.compare import read_run
 
     drawn = []
     plot = matplotlib.axes.Axes.plot

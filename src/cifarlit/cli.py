@@ -13,12 +13,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must ne
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from cifarlit import checkpoints, runs, transfer  # noqa: E402
-from cifarlit.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
-from cifarlit.data import CIFAR10DataModule  # noqa: E402
-from cifarlit.errors import CifarlitError, report  # noqa: E402
-from cifarlit.model import LitMLP  # noqa: E402
-from cifarlit.trainer import CifarTrainer  # noqa: E402
+from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
+from cifarlit.models import transfer  # noqa: E402
+from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
+from cifarlit.training import runs
+from cifarlit.training.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
+from cifarlit.training.trainer import CifarTrainer  # noqa: E402
+from cifarlit.utils import checkpoints
+from cifarlit.utils.errors import CifarlitError, report  # noqa: E402
 
 
 class CifarCLI(LightningCLI):
@@ -204,24 +206,24 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["compare"]:  # reads finished runs: needs no model, data or trainer
-            from cifarlit.compare import main
+            from cifarlit.commands.compare import main
 
             sys.exit(main(argv[1:]))
         if argv[:1] == ["tune"]:  # many fits under an Optuna study; each trial is `fit` through this CLI
-            from cifarlit.tune import main
+            from cifarlit.commands.tune import main
 
             sys.exit(main(argv[1:], run_fit))
         if argv[:1] == ["prepare"]:  # a dataset written once as LitData chunks: needs no model or trainer
-            from cifarlit.prepare import main
+            from cifarlit.commands.prepare import main
 
             sys.exit(main(argv[1:]))
         if argv[:1] == ["export"]:  # a checkpoint in, one model file out: needs no data or trainer
-            from cifarlit.export import main
+            from cifarlit.commands.export import main
 
             sys.exit(main(argv[1:]))
         if argv[:1] == ["serve"]:  # a model behind HTTP (LitServe): needs no data or trainer
             try:
-                from cifarlit.serve import main
+                from cifarlit.commands.serve import main
             except ModuleNotFoundError as err:  # an optional extra
                 raise CifarlitError(f"cifarlit serve needs {err.name}: pip install 'cifarlit[serve]'.") from None
             sys.exit(main(argv[1:]))

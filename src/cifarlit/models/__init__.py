@@ -1,3 +1,3 @@
-"""Networks and their weights files: pretrained backbones (:mod:`cifarlit.models.pretrained`) and the files they
-and ``model.init_from`` read (:mod:`cifarlit.models.weights`). The other networks still live in
-:mod:`cifarlit.nets`."""
+"""The networks and the LightningModule that trains them: ``lit_mlp`` (LitMLP: the step, metrics, optimizers),
+``nets`` (MLP, CNNs, torchvision models), ``pretrained`` (timm backbones), ``schedules``, ``transfer``
+(``model.init_from``) and ``weights`` (.safetensors and weights-only PyTorch files)."""

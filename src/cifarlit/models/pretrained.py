@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlit.errors import CifarlitError
 from cifarlit.models import weights as weights_files
-from cifarlit.nets import TorchvisionNet, _replace_global_pools
-from cifarlit.transfer import LoadReport, load_into, load_state
+from cifarlit.models.nets import TorchvisionNet, _replace_global_pools
+from cifarlit.models.transfer import LoadReport, load_into, load_state
+from cifarlit.utils.errors import CifarlitError
 
 OPTION = "model.net.init_args.weights"
 
@@ -80,8 +80,8 @@ class TimmNet(nn.Module):
         self.model = timm.create_model(self.tagged or name, num_classes=num_classes, in_chans=image_shape[0], **extra)
         classifier = self.model.get_classifier()
         self.head_name = "model." + next(n for n, m in self.model.named_modules() if m is classifier)
-        _replace_global_pools(self.model)  # deterministic CUDA backward (see cifarlit.nets.GlobalPool)
-        # channels_last, as cifarlit.nets.SmallCNN: oneDNN's faster layout on the CPU (grouped convs most), and
+        _replace_global_pools(self.model)  # deterministic CUDA backward (see cifarlit.models.nets.GlobalPool)
+        # channels_last, as cifarlit.models.nets.SmallCNN: oneDNN's faster layout on the CPU (grouped convs most), and
         # what tensor cores want
         self.model.to(memory_format=torch.channels_last)
         self.name, self.weights, self.image_shape, self.create_kwargs = name, weights, tuple(image_shape), extra

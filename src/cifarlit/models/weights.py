@@ -4,7 +4,7 @@ Two formats come in. A ``.safetensors`` file (timm's and the Hub's ``model.safet
 ``cifarlit export --format safetensors``) is a JSON header and raw tensor bytes: reading it cannot run code,
 and the safetensors library checks the header against the file (too short, too large, offsets past the end) before
 any tensor is touched. A ``.pth``/``.pt``/``.ckpt`` file is a pickle, so it goes through
-:func:`cifarlit.checkpoints.load` (``weights_only=True``). Both end as the same :class:`WeightsFile`.
+:func:`cifarlit.utils.checkpoints.load` (``weights_only=True``). Both end as the same :class:`WeightsFile`.
 
 A network built inside :func:`deferred` (``LitMLP`` builds its ``model.net`` so) does not read its ``weights``
 option when constructed: ``LitMLP.setup`` applies them when a fit starts, as it does ``model.init_from``. So a
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarlit import checkpoints
-from cifarlit.errors import CifarlitError
+from cifarlit.utils import checkpoints
+from cifarlit.utils.errors import CifarlitError
 
 WEIGHTS_HELP = (
     "a .ckpt from an earlier run, a .safetensors file (timm's or the Hub's model.safetensors, or one written by "

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from cifarlit.errors import CifarlitError
-from cifarlit.files import atomic_write
+from cifarlit.utils.errors import CifarlitError
+from cifarlit.utils.files import atomic_write
 
 KINDS = ("float", "int", "categorical")
 

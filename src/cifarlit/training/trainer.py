@@ -27,10 +27,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info
 
-from cifarlit.data import CIFAR10DataModule
-from cifarlit.errors import CifarlitError
-from cifarlit.files import check_output
-from cifarlit.model import LitMLP
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.utils.errors import CifarlitError
+from cifarlit.utils.files import check_output
 
 _NO_CONTEXT = contextlib.nullcontext()
 _NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -166,7 +166,7 @@ class CifarTrainer(Trainer):
                 logger's ``version_N`` folder), never the working directory.
             log_grid: also log the grid to the run's TensorBoard logger.
         """
-        from cifarlit import report
+        from cifarlit.data import explore as report
 
         if datamodule.hparams.stream is not None:
             raise CifarlitError(
@@ -229,7 +229,7 @@ class CifarTrainer(Trainer):
             probabilities: add a ``prob_<class>`` column per class.
             tta: ``flip`` predicts from the mean of each image's and its mirror's logits.
         """
-        from cifarlit.predict import write_csv
+        from cifarlit.training.predict import write_csv
 
         if self.world_size > 1:
             raise CifarlitError(

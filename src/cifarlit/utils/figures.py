@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifarlit.files import atomic_path
+from cifarlit.utils.files import atomic_path
 
 
 def pyplot():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cifarlit.files import atomic_write
+from cifarlit.utils.files import atomic_write
 
 
 def write_csv(

@@ -1,4 +1,4 @@
-"""``LitMLP``, the LightningModule that trains a network from :mod:`cifarlit.nets` (the MLP unless the config
+"""``LitMLP``, the LightningModule that trains a network from :mod:`cifarlit.models.nets` (the MLP unless the config
 names another) with the optimizer and LR schedule from the config."""
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from cifarlit import nets, schedules
-from cifarlit.errors import CifarlitError
-from cifarlit.models import pretrained, weights
-from cifarlit.nets import MLP
+from cifarlit.models import nets, pretrained, schedules, weights
+from cifarlit.models.nets import MLP
+from cifarlit.utils.errors import CifarlitError
 
 STAGES = ("train", "val", "test")
 NetFactory = Callable[[int, tuple[int, int, int]], nn.Module]  # (num_classes, image_shape) -> network
@@ -45,9 +44,10 @@ class LitMLP(L.LightningModule):
     """Trains a classifier network; the network, optimizer and LR scheduler come from the config.
 
     The network is the MLP built from ``hidden_sizes``/``norm``/``dropout``/``activation`` unless ``net`` names
-    another class (``cifarlit.nets.SmallCNN``, ``cifarlit.nets.TorchvisionNet``, ``cifarlit.models.pretrained.TimmNet``
-    or your own ``nn.Module`` whose ``__init__`` takes ``num_classes`` and ``image_shape`` first). A net with a
-    ``load_weights(classes)`` method (TimmNet, TorchvisionNet) gets its ``weights`` when a fit starts, not when built.
+    another class (``cifarlit.models.nets.SmallCNN``, ``cifarlit.models.nets.TorchvisionNet``,
+    ``cifarlit.models.pretrained.TimmNet`` or your own ``nn.Module`` whose ``__init__`` takes ``num_classes`` and
+    ``image_shape`` first). A net with a ``load_weights(classes)`` method (TimmNet, TorchvisionNet) gets its
+    ``weights`` when a fit starts, not when built.
 
     Args:
         hidden_sizes: MLP: width of each hidden layer; ``[]`` gives a linear model. The lecture's net is [100, 100].
@@ -56,14 +56,14 @@ class LitMLP(L.LightningModule):
         norm: MLP: ``batch`` (BatchNorm1d), ``layer`` (LayerNorm) or ``none`` after each hidden linear layer.
         dropout: MLP: dropout after each hidden layer: one probability for all, or one per layer.
         activation: MLP: one of relu, gelu, silu, tanh, leaky_relu.
-        net: another network: ``{class_path: cifarlit.nets.SmallCNN, init_args: {widths: [32, 64, 128]}}``.
+        net: another network: ``{class_path: cifarlit.models.nets.SmallCNN, init_args: {widths: [32, 64, 128]}}``.
         init_from: start from these weights (a cifarlit ``.ckpt`` or a ``torch.save``'d state_dict); the head is
             re-created when the class count differs. Applied when a fit starts, not when resuming.
         optimizer: optimizer class and arguments, e.g. ``torch.optim.SGD`` with ``lr``, ``momentum``,
             ``weight_decay`` (the L2 penalty). Optimizers with a fused kernel (Adam, AdamW, SGD) use it unless
             ``init_args`` set ``fused: false`` (or ``foreach``).
         lr_scheduler: optional LR scheduler class and arguments, e.g. ``torch.optim.lr_scheduler.StepLR``. For
-            ``OneCycleLR`` and ``cifarlit.schedules.WarmupCosineLR`` ``total_steps`` is filled in when unset.
+            ``OneCycleLR`` and ``cifarlit.models.schedules.WarmupCosineLR`` ``total_steps`` is filled in when unset.
         scheduler_interval: step the scheduler every ``epoch`` or every ``step`` (OneCycleLR, warm-up).
         scheduler_monitor: metric that ReduceLROnPlateau watches.
         label_smoothing: training loss only (val/test report plain cross-entropy, comparable across runs).
@@ -155,7 +155,7 @@ class LitMLP(L.LightningModule):
         if report is not None and self.trainer.is_global_zero:
             print(f"model.net.init_args.weights {self.net.weights}: {report}")
         if self.hparams.init_from:
-            from cifarlit.transfer import load_into
+            from cifarlit.models.transfer import load_into
 
             report = load_into(self.net, Path(self.hparams.init_from), self.head_name, classes)
             self.init_report = report
@@ -269,7 +269,7 @@ class LitMLP(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before it restores the data module and the callbacks, whichever way the file came
         # (the CLI checked it already; Python code, SLURM's hpc resume and testing the best checkpoint did not).
-        from cifarlit import checkpoints
+        from cifarlit.utils import checkpoints
 
         trainer = self._trainer
         checkpoints.check_restorable(checkpoint, f"--ckpt_path {trainer.ckpt_path}" if trainer else "the checkpoint")

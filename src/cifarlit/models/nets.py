@@ -227,7 +227,7 @@ class CifarResNet(nn.Module):
         head_scale: float = 0.125,
     ) -> None:
         super().__init__()
-        from cifarlit.errors import CifarlitError
+        from cifarlit.utils.errors import CifarlitError
 
         if len(widths) != 4:
             raise CifarlitError(f"model.net.init_args.widths={widths} is not valid: give 4 widths (prep, 3 stages).")
@@ -273,8 +273,8 @@ class TorchvisionNet(nn.Module):
         super().__init__()
         import torchvision
 
-        from cifarlit.errors import CifarlitError
         from cifarlit.models import weights as weights_files
+        from cifarlit.utils.errors import CifarlitError
 
         if name not in torchvision.models.list_models(torchvision.models):
             raise CifarlitError(
@@ -300,9 +300,9 @@ class TorchvisionNet(nn.Module):
 
     def load_weights(self, classes: list[str] | None = None):
         """Copy ``weights`` in (a head of other classes, and a swapped stem, keep their fresh initialisation);
-        returns the :class:`cifarlit.transfer.LoadReport`, or None without ``weights``."""
+        returns the :class:`cifarlit.models.transfer.LoadReport`, or None without ``weights``."""
         from cifarlit.models import weights as weights_files
-        from cifarlit.transfer import load_into, load_state
+        from cifarlit.models.transfer import load_into, load_state
 
         option = "model.net.init_args.weights"
         if not self.weights:
@@ -319,7 +319,7 @@ class TorchvisionNet(nn.Module):
 def _weights_enum(name: str, weights: str):
     import torchvision
 
-    from cifarlit.errors import CifarlitError
+    from cifarlit.utils.errors import CifarlitError
 
     try:
         return torchvision.models.get_model_weights(name)[weights]
@@ -333,7 +333,7 @@ def _weights_enum(name: str, weights: str):
 
 def _pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
     """torchvision's pretrained tensors, from ``$TORCH_HOME/hub/checkpoints`` or downloaded there."""
-    from cifarlit.errors import CifarlitError
+    from cifarlit.utils.errors import CifarlitError
 
     enum = _weights_enum(name, weights)
     try:

@@ -19,10 +19,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from cifarlit import sources
-from cifarlit.augment import AlbumentationsBatch, AugmentConfig, BatchAugment, BatchMix
-from cifarlit.loaders import ArrayDataset, EvalBatchSampler, TrainBatchSampler, whole_batch, worker_init
-from cifarlit.sources import DataError
+from cifarlit.data import sources
+from cifarlit.data.augment import AlbumentationsBatch, AugmentConfig, BatchAugment, BatchMix
+from cifarlit.data.loaders import ArrayDataset, EvalBatchSampler, TrainBatchSampler, whole_batch, worker_init
+from cifarlit.data.sources import DataError
 
 
 def _subset_indices(labels: np.ndarray, size: int | float, seed: int, option: str) -> np.ndarray:
@@ -100,7 +100,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes. 0 is fastest for in-memory data without albumentations.
         pin_memory: page-locked host memory for faster copies to a GPU.
         persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
-        augment: training-set augmentation (see :class:`cifarlit.augment.AugmentConfig`).
+        augment: training-set augmentation (see :class:`cifarlit.data.augment.AugmentConfig`).
         cache: cache decoded image folders in ``data_dir/.cifarlit-cache.npz``.
         skip_unreadable: leave out image files that cannot be decoded (and say how many), instead of stopping
             with the list of them; for an image folder and for ``predict_dir``.
@@ -121,7 +121,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         channels: 3 (RGB) or 1 (gray).
         stream: a dataset written by ``cifarlit prepare`` (a folder, or its copy at an ``s3://``-style URL):
             train, val and test are streamed from its LitData chunks instead of held in memory, for datasets
-            larger than RAM (see :mod:`cifarlit.stream`). ``data_dir`` is then unused.
+            larger than RAM (see :mod:`cifarlit.data.stream`). ``data_dir`` is then unused.
         mean: per-channel mean (0-1 scale) that inputs are normalized with; ``null`` computes it from the training
             split. A pretrained backbone wants its pre-training's (timm's ``pretrained_cfg['mean']``, e.g. ImageNet's
             [0.485, 0.456, 0.406]); set it and ``std`` together.
@@ -189,7 +189,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         _check_split_size(val_size, "data.val_size")
         _check_split_size(test_size, "data.test_size")
         if stream is not None:
-            from cifarlit import stream as streams  # imports LitData: only for a stream
+            from cifarlit.data import stream as streams  # imports LitData: only for a stream
 
             streams.check_options(self.hparams, self.augment_on_host)
         self.batch_augment = BatchAugment(self.augment)
@@ -317,14 +317,14 @@ class CIFAR10DataModule(L.LightningDataModule):
     def _stream_info(self):
         """What ``data.stream``'s ``cifarlit-stream.json`` says (read once)."""
         if getattr(self, "_stream", None) is None:
-            from cifarlit import stream
+            from cifarlit.data import stream
 
             self._stream = stream.read_info(self.hparams.stream)
         return self._stream
 
     def _setup_stream(self) -> None:
         """LitData datasets of the prepared splits; the statistics and class names come with them."""
-        from cifarlit import stream
+        from cifarlit.data import stream
 
         info = self._stream_info()
         self.train_set, self.val_set, self.test_set = stream.open_splits(self.hparams, info)
@@ -374,7 +374,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             # Leave the workers their cores: oversubscribed torch threads are the slowest thing on 2 cores.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
         if self.hparams.stream is not None:
-            from cifarlit import stream
+            from cifarlit.data import stream
 
             shape, pin = self._stream_info().shape, self.hparams.pin_memory
             # epochs the trainer has finished: right even before a resumed run's counters are settled

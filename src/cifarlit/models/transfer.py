@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarlit.errors import CifarlitError
 from cifarlit.models import weights
+from cifarlit.utils.errors import CifarlitError
 
 
 @dataclass

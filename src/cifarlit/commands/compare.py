@@ -12,9 +12,9 @@ import argparse
 import glob
 from pathlib import Path
 
-from cifarlit import figures
-from cifarlit.errors import CifarlitError, report
-from cifarlit.files import atomic_write, check_output
+from cifarlit.utils import figures
+from cifarlit.utils.errors import CifarlitError, report
+from cifarlit.utils.files import atomic_write, check_output
 
 CURVES = ("loss", "acc")
 

@@ -2,7 +2,7 @@
 
 :class:`ImageGate` reads each ``POST /predict`` in the HTTP server's process, before LitServe queues it: the body
 (at most :data:`MAX_BODY` bytes), its image (multipart field ``image``, or JSON ``{"image": "<base64>"}``) and
-the pixels, decoded by :func:`cifarlit.sources.decode` as ``cifarlit predict`` decodes a file, at the size and
+the pixels, decoded by :func:`cifarlit.data.sources.decode` as ``cifarlit predict`` decodes a file, at the size and
 channels the model was trained on. Only what passed all of that reaches the model's worker, as the pixels
 alone (:func:`pixels`). LitServe answers a batch as one: a bad image decoded in the worker would fail every
 request batched with it. Decoding here also runs beside the worker's forward passes, not before them.
@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cifarlit import sources
+from cifarlit.data import sources
 
 MAX_BODY = 20 * 2**20  # bytes: a 12-megapixel JPEG, base64-encoded, fits; the model reads 32x32 of it anyway
 FIELD = "image"
@@ -155,7 +155,7 @@ def _from_json(body: bytes) -> bytes:
 
 
 def decode(data: bytes, size: int, channels: int) -> np.ndarray:
-    """The image as uint8 ``(size, size, channels)``, read by :func:`cifarlit.sources.decode` (as ``cifarlit
+    """The image as uint8 ``(size, size, channels)``, read by :func:`cifarlit.data.sources.decode` (as ``cifarlit
     predict`` reads a file), or the 400 that says why it cannot be."""
     try:
         return sources.decode(io.BytesIO(data), size, channels)

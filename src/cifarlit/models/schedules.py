@@ -18,7 +18,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from cifarlit.errors import CifarlitError
+from cifarlit.utils.errors import CifarlitError
 
 
 class WarmupCosineLR(LambdaLR):

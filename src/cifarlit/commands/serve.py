@@ -5,8 +5,9 @@
 
 ``POST /predict`` takes one image (multipart field ``image``, or JSON ``{"image": "<base64>"}``) and answers
 ``{"label": ..., "probabilities": {class: p, ...}}``: the label ``cifarlit predict`` gives the same file, since
-the image is decoded as predict decodes it (:mod:`cifarlit.serve_requests`) and the model is the exported one,
-normalization inside (:func:`cifarlit.export.load`, which reads the checkpoint as tensors and plain values only).
+the image is decoded as predict decodes it (:mod:`cifarlit.commands.serve_requests`) and the model is the
+exported one, normalization inside (:func:`cifarlit.commands.export.load`, which reads the checkpoint as tensors
+and plain values only).
 ``--model onnx`` serves a file written by ``cifarlit export --format onnx`` with onnxruntime instead.
 ``GET /health`` answers ``ok`` once the workers are ready; ``GET /info`` gives the classes, image shape, model
 file, versions, and how many forward passes served how many images. LitServe's workers gather the requests
@@ -30,8 +31,8 @@ import numpy as np
 from fastapi import HTTPException
 
 from cifarlit import __version__
-from cifarlit.errors import CifarlitError, report
-from cifarlit.serve_requests import ImageGate, pixels
+from cifarlit.commands.serve_requests import ImageGate, pixels
+from cifarlit.utils.errors import CifarlitError, report
 
 API_PATH = "/predict"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds: this machine only, or every interface
@@ -138,7 +139,7 @@ def _load(served: Served, device: str, threads: int):
         return lambda x: session.run(None, {"images": x})[0]
     import torch
 
-    from cifarlit.export import load
+    from cifarlit.commands.export import load
 
     if device == "cpu":
         torch.set_num_threads(threads)
@@ -160,7 +161,7 @@ def describe(path: Path, kind: str) -> Served:
                             f"--ckpt_path {path} --format onnx` and serve the .onnx it writes.")  # fmt: skip
     if kind == "onnx":
         return _describe_onnx(path)
-    from cifarlit.export import load
+    from cifarlit.commands.export import load
 
     model, shape = load(path)  # the checkpoints module's safe reader: a crafted file runs nothing
     return Served("torch", path.resolve(), tuple(model.classes), tuple(shape))

@@ -10,8 +10,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from cifarlit import figures
-from cifarlit.files import atomic_write
+from cifarlit.utils import figures
+from cifarlit.utils.files import atomic_write
 
 HINTS = (
     "check: data shapes (do images and labels line up?), labels (shuffled separately from images?), "

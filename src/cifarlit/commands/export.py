@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarlit import checkpoints
-from cifarlit.data import CIFAR10DataModule, normalizer
-from cifarlit.errors import CifarlitError, report
-from cifarlit.files import atomic_path, check_output
+from cifarlit.data.datamodule import CIFAR10DataModule, normalizer
+from cifarlit.utils import checkpoints
+from cifarlit.utils.errors import CifarlitError, report
+from cifarlit.utils.files import atomic_path, check_output
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
@@ -56,7 +56,7 @@ class ExportedClassifier(nn.Module):
 
 def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
     """The checkpoint's network wrapped for export, and its input shape ``(C, H, W)``."""
-    from cifarlit.model import LitMLP
+    from cifarlit.models.lit_mlp import LitMLP
 
     # tensors and plain values only, every part checked (classes it names, shapes, statistics): a crafted file
     # runs nothing and allocates nothing big before it is refused

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn
 import numpy as np
 from filelock import FileLock
 
-from cifarlit.errors import CifarlitError
-from cifarlit.files import left_by_dead_process as _left_by_dead_process
-from cifarlit.files import owner as _owner
+from cifarlit.utils.errors import CifarlitError
+from cifarlit.utils.files import left_by_dead_process as _left_by_dead_process
+from cifarlit.utils.files import owner as _owner
 
 if TYPE_CHECKING:
     from PIL import Image

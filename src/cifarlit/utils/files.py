@@ -28,7 +28,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
-from cifarlit.errors import CifarlitError
+from cifarlit.utils.errors import CifarlitError
 
 TMP_SUFFIX = ".tmp"
 

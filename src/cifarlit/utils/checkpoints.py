@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import torch
 
-from cifarlit.errors import CifarlitError
+from cifarlit.utils.errors import CifarlitError
 
 CHECKPOINT_HELP = "a checkpoint written by `cifarlit fit` (lightning_logs/<name>/version_N/checkpoints/*.ckpt)"
 INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module")

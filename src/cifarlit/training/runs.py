@@ -16,8 +16,8 @@ from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cifarlit import checkpoints
-from cifarlit.errors import CifarlitError
+from cifarlit.utils import checkpoints
+from cifarlit.utils.errors import CifarlitError
 
 
 def checkpoint_file(ckpt: str | None, subcommand: str, config) -> str | None:

@@ -48,8 +48,8 @@ from litdata.streaming.downloader import get_downloader  # noqa: E402
 from litdata.streaming.serializers import _SERIALIZERS, Serializer  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
-from cifarlit.loaders import worker_init  # noqa: E402
-from cifarlit.sources import DataError  # noqa: E402
+from cifarlit.data.loaders import worker_init  # noqa: E402
+from cifarlit.data.sources import DataError  # noqa: E402
 
 META_NAME = "cifarlit-stream.json"  # written last: a folder without it is not a finished stream
 FORMAT = "cifarlit-stream"

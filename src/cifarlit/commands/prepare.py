@@ -38,10 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarlit import files, sources, stream
-from cifarlit.data import CIFAR10DataModule, _check_split_size, _count_or_fraction, _stratified_split, split_fingerprint
-from cifarlit.errors import CifarlitError, report
-from cifarlit.sources import DataError
+from cifarlit.data import sources, stream
+from cifarlit.data.datamodule import (
+    CIFAR10DataModule,
+    _check_split_size,
+    _count_or_fraction,
+    _stratified_split,
+    split_fingerprint,
+)
+from cifarlit.data.sources import DataError
+from cifarlit.utils import files
+from cifarlit.utils.errors import CifarlitError, report
 
 OPTIONS = ("data_dir", "download", "val_size", "test_size", "seed", "image_size", "channels")  # decide what is written
 PARTIAL = "partial-"  # ".<output name>.partial-<host>-<pid>": the stream being written
