@@ -14,8 +14,7 @@ release until that test has passed on it.
   and later deletes (``checkpoint_state.confine_paths`` checks every one of them).
 
 Lightning files a DataModule's state in a checkpoint under its class's ``__qualname__`` (``checkpoint_state.DATA_KEY``);
-the same test checks that on a real checkpoint. Nothing else in ``src`` touches a private Lightning name except
-the TensorBoard logger's file writer (``training/callbacks.py``).
+the same test checks that on a real checkpoint.
 """
 
 from __future__ import annotations
