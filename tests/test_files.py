@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from cifarlit.training.predict import write_csv
-from cifarlit.utils.files import atomic_write
+from cifarlit.utils.files import atomic_path, atomic_write
 
 KILLED_MID_WRITE = """
 import os, signal, sys
@@ -77,3 +79,41 @@ def test_a_failed_export_leaves_no_model_file(own_run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         export.export(own_run.ckpt, "torchscript", tmp_path / "model.pt")
     assert list(tmp_path.glob("*model*")) == []
+
+
+def private_writer(tmp) -> None:
+    """A writer that creates its file 0600, as safetensors' ``save_file`` does."""
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+
+
+def safetensors_writer(tmp) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp))
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o002])
+def umask(request):
+    before = os.umask(request.param)
+    yield request.param
+    os.umask(before)
+
+
+@pytest.mark.parametrize("writer", [private_writer, safetensors_writer])
+def test_a_new_file_gets_the_permissions_open_would_give_it(tmp_path, umask, writer):
+    # an exported model came out 0600: readable by its owner only, unlike every other file the run wrote
+    target = tmp_path / "model.safetensors"
+    with atomic_path(target) as tmp:
+        writer(tmp)
+    with open(tmp_path / "plain", "w"):
+        pass
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_replaced_file_keeps_its_own_permissions(tmp_path):
+    target = tmp_path / "predictions.csv"
+    target.write_text("old")
+    target.chmod(0o640)  # the user's choice, which a plain open("w") keeps
+    with atomic_write(target) as f:
+        f.write("new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640

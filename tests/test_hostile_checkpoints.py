@@ -29,7 +29,7 @@ from torch import nn
 
 from cifarlit.cli import cli_main
 from cifarlit.models.lit_mlp import LitMLP
-from cifarlit.models.nets import SmallCNN
+from cifarlit.models.nets import CifarResNet, SmallCNN
 from cifarlit.models.schedules import WarmupCosineLR
 from cifarlit.models.transfer import read_weights
 from cifarlit.training import runs
@@ -292,6 +292,88 @@ def test_cifarlits_own_classes_load_and_a_users_class_only_when_its_config_names
     with pytest.raises(CifarlitError, match=rf"hyper_parameters.net.class_path names '{class_path}', not a class"):
         checkpoints.load_checkpoint(path, LitMLP)
     checkpoints.load_checkpoint(path, LitMLP, trusted={"net": class_path})  # the user named it: accepted
+
+
+# --- classes that moved into packages (#22): refused naming the new place; rename_moved writes a copy ---------
+
+
+def with_old_names(module: LitMLP, keys: tuple[str, ...]):
+    """``python_built`` with the class paths of ``keys`` as checkpoints written before the move name them."""
+
+    def edit(ckpt: dict) -> None:
+        python_built(None, module)(ckpt)
+        ckpt["hyper_parameters"] = copy.deepcopy(ckpt["hyper_parameters"])  # the module's own stay as they are
+        for key in keys:
+            ckpt["hyper_parameters"][key]["class_path"] = module.hparams[key]["class_path"].replace("models.", "")
+
+    return edit
+
+
+def moved_module(base: dict, net) -> LitMLP:
+    shape = base["hyper_parameters"]["image_shape"]
+    return LitMLP(num_classes=3, image_shape=shape, net=net, lr_scheduler=partial(WarmupCosineLR, total_steps=10))
+
+
+@pytest.mark.parametrize(
+    ("net", "keys"),
+    [
+        (partial(SmallCNN, widths=[8, 16]), ("net",)),
+        (partial(CifarResNet, widths=[4, 8, 8, 8]), ("net",)),
+        (partial(SmallCNN, widths=[8]), ("lr_scheduler",)),
+        (partial(SmallCNN, widths=[8]), ("net", "lr_scheduler")),
+    ],
+)
+def test_a_class_that_moved_is_refused_naming_where_it_is_now(net, keys, base, hostile, tmp_path):
+    module = moved_module(base, net)
+    path = craft(base, tmp_path / "files", with_old_names(module, keys), "old.ckpt")
+    old = torch.load(path, weights_only=True)["hyper_parameters"][keys[0]]["class_path"]
+    new = module.hparams[keys[0]]["class_path"]
+    assert old.startswith("cifarlit.") and not old.startswith("cifarlit.models.")
+    with pytest.raises(CifarlitError, match=rf"names {old}, which moved to {new} in this version of cifarlit"):
+        checkpoints.load_checkpoint(path, LitMLP)
+    before = path.read_bytes()
+    renamed = checkpoints.rename_moved(path)
+    assert path.read_bytes() == before and renamed == path.with_name("old-renamed.ckpt")  # the file stays as it was
+    checkpoints.load_checkpoint(renamed, LitMLP)  # checked like any checkpoint
+    rebuilt = LitMLP.load_from_checkpoint(renamed, map_location="cpu", weights_only=True)
+    assert type(rebuilt.net) is type(module.net)
+    assert all(
+        torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), module.state_dict().values(), strict=True)
+    )
+    assert_no_code_ran(hostile)
+
+
+@pytest.mark.parametrize(
+    "name", ["cifarlit.nets.os", "cifarlit.nets.Hostile", "cifarlit.model.LitMLP", "cifarlit.schedules.LambdaLR",
+             f"{MODULE}.Thing", "cifarlit.nets.SmallCNN.__init__"],
+)  # fmt: skip
+def test_only_the_classes_that_moved_are_renamed(name, base, hostile, tmp_path):
+    module = moved_module(base, partial(SmallCNN, widths=[8]))
+    path = craft(base, tmp_path / "files", with_old_names(module, ("lr_scheduler",)), "old.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["net"]["class_path"] = name
+    torch.save(ckpt, path)
+    renamed = checkpoints.rename_moved(path, tmp_path / "out" / "renamed.ckpt")
+    hparams = torch.load(renamed, weights_only=True)["hyper_parameters"]
+    assert hparams["net"]["class_path"] == name  # not in the map: left as it was
+    assert hparams["lr_scheduler"]["class_path"] == "cifarlit.models.schedules.WarmupCosineLR"
+    with pytest.raises(CifarlitError, match=r"hyper_parameters.net.class_path names '.*', not a class cifarlit"):
+        checkpoints.load_checkpoint(renamed, LitMLP)  # the generic refusal: nothing says it moved
+    assert_no_code_ran(hostile)
+
+
+def test_the_command_line_names_where_a_moved_class_is_now(base, own_run, hostile, tmp_path, capsys):
+    module = moved_module(base, partial(SmallCNN, widths=[8]))
+    path = craft(base, tmp_path / "files", with_old_names(module, ("net",)), "old.ckpt")
+    message = refused(capsys, command("test", path, own_run, tmp_path))
+    assert message == (
+        f"error: --ckpt_path {path} is refused: its hyper_parameters.net.class_path names cifarlit.nets.SmallCNN, "
+        "which moved to cifarlit.models.nets.SmallCNN in this version of cifarlit, so the file cannot be rebuilt as "
+        "it is; write a copy under the new names with cifarlit.utils.checkpoints.rename_moved(path) and pass that, "
+        f"or pass {checkpoints.CHECKPOINT_HELP}."
+    )
+    assert_nothing_written(tmp_path, path, "test")
+    assert_no_code_ran(hostile)
 
 
 # --- 3. foreign structures: one sentence ------------------------------------------------------------------------

@@ -3,31 +3,29 @@ names another) with the optimizer and LR schedule from the config."""
 
 from __future__ import annotations
 
-import copy
-import inspect
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from cifarlit.models import nets, pretrained, schedules, weights
+from cifarlit.models import factories, nets, pretrained, rng, schedules, weights
 from cifarlit.models.nets import MLP
+from cifarlit.utils import checkpoint_state
 from cifarlit.utils.errors import CifarlitError
+from cifarlit.utils.lightning_adapter import built_by_cli
 
 STAGES = ("train", "val", "test")
 NetFactory = Callable[[int, tuple[int, int, int]], nn.Module]  # (num_classes, image_shape) -> network
 
 
 # Steps whose tallies are stacked into one: a list of a tensor pair per step, held until the epoch ends, grew the
-# process by ~70 kB a step when batches came from a stream (fragmented small allocations; benchmarks/README.md,
+# process with every step when batches came from a stream (fragmented small allocations; benchmarks/README.md,
 # "Streaming"), so a larger dataset took more memory.
 PACK_STEPS = 256
 
@@ -70,8 +68,8 @@ class LitMLP(L.LightningModule):
         compile: run the network through ``torch.compile`` (worth it on a GPU; compiling takes a minute).
     """
 
-    # Where the classes a checkpoint's hyperparameters may name come from (``checkpoints.check_hyperparameters``):
-    # cifarlit's networks (timm's through TimmNet) and schedules, torch's optimizers and LR schedulers.
+    # Where the classes a checkpoint's hyperparameters may name come from (``checkpoint_hparams``): cifarlit's
+    # networks (timm's through TimmNet) and schedules, torch's optimizers and LR schedulers.
     CHECKPOINT_MODULES = (nets, pretrained, schedules, torch.optim, torch.optim.lr_scheduler)
 
     def __init__(
@@ -103,10 +101,9 @@ class LitMLP(L.LightningModule):
         # tuple is written as !!python/tuple, which yaml.safe_load refuses); LightningCLI links a list too (cli.py)
         image_shape = [int(n) for n in image_shape]
         self.save_hyperparameters()
-        if not _cli_is_building():
-            _plain_hparams(self.hparams)
-            # what loggers write (hparams.yaml) is Lightning's copy taken at save_hyperparameters: the same plain one
-            self._hparams_initial = copy.deepcopy(self._hparams)
+        if not built_by_cli(self.hparams):
+            factories.write_plain(self.hparams)
+            self.save_hyperparameters(self.hparams)  # and as Lightning's copy that loggers write (hparams.yaml)
         if net is None:
             _check_mlp(hidden_sizes, dropout)
             self.net = MLP(num_classes, tuple(image_shape), list(hidden_sizes), norm, dropout, activation)
@@ -261,110 +258,47 @@ class LitMLP(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._check_finite()  # raising here means the file is never written
-        # Lightning restores weights, optimizer, scheduler, loops and callbacks; the RNG states make a resumed
-        # run shuffle and augment exactly as the uninterrupted one would have. Every process of a DDP run has its
-        # own (each draws for its own batches, on its own GPU); only rank 0 writes the file, so it holds them all.
-        checkpoint["cifarlit_rng_states"] = _gather(rng_states())
+        # only rank 0 writes the file, so it gathers every process's RNG states (cifarlit.models.rng)
+        checkpoint[checkpoint_state.RNG_KEY] = rng.every_process(rng.rng_states())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before it restores the data module and the callbacks, whichever way the file came
         # (the CLI checked it already; Python code, SLURM's hpc resume and testing the best checkpoint did not).
-        from cifarlit.utils import checkpoints
-
-        trainer = self._trainer
-        checkpoints.check_restorable(checkpoint, f"--ckpt_path {trainer.ckpt_path}" if trainer else "the checkpoint")
+        trainer = self._attached_trainer()
+        checkpoint_state.check_restorable(
+            checkpoint, f"--ckpt_path {trainer.ckpt_path}" if trainer else "the checkpoint"
+        )
         if trainer is not None:  # nothing a crafted file names outside the run's checkpoint folder is ever removed
-            checkpoints.confine_paths(checkpoint, trainer.callbacks, warn=trainer.state.fn == "fit")
-        states = checkpoint.get(checkpoints.RNG_KEY)
-        if isinstance(states, dict):  # a checkpoint of one process, or from before the states were per rank
-            states = [states]
+            checkpoint_state.confine_paths(checkpoint, trainer.callbacks, warn=trainer.state.fn == "fit")
+        states = checkpoint.get(checkpoint_state.RNG_KEY)
         if states:
-            rank = trainer.global_rank if trainer is not None else 0
-            set_rng_states(states[rank] if rank < len(states) else states[0])
+            rng.set_rng_states(rng.this_process(states, trainer.global_rank if trainer is not None else 0))
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        """The trainer, or None for a module outside one (``load_from_checkpoint``)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's "is not attached to a `Trainer`"
+            return None
 
     def configure_optimizers(self):
         # Only trainable parameters: BackboneFinetuning adds the frozen backbone as its own group later.
         params = [p for p in self.parameters() if p.requires_grad]
         try:
-            optimizer = _build_optimizer(self.optimizer, params)
+            optimizer = factories.build_optimizer(self.optimizer, params)
         except ValueError as err:  # torch's own check, e.g. "Invalid learning rate: -0.1"
             raise CifarlitError(f"model.optimizer: {err}; use values the optimizer accepts (lr >= 0).") from None
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer, **self._total_steps())
-        config = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        interval, length = self.hparams.scheduler_interval, {}
+        if factories.needs_total_steps(self.lr_scheduler):  # the run's optimizer steps, or its epochs
+            steps = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+            length["total_steps"] = int(steps)
+        scheduler = self.lr_scheduler(optimizer, **length)
+        config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
-
-    def _total_steps(self) -> dict:
-        """``total_steps`` for schedules that need the run's length, when the config leaves it unset."""
-        given = getattr(self.lr_scheduler, "keywords", {})
-        cls = _target_class(self.lr_scheduler)
-        if cls is None or "total_steps" not in inspect.signature(cls).parameters:
-            return {}
-        if given.get("total_steps") is not None or given.get("epochs") is not None:
-            return {}
-        if self.hparams.scheduler_interval == "step":
-            return {"total_steps": int(self.trainer.estimated_stepping_batches)}
-        return {"total_steps": int(self.trainer.max_epochs)}
-
-
-def _build_optimizer(factory, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """The configured optimizer, with torch's fused kernel when it has one and the config does not say otherwise.
-
-    Fused is the same update rule in one kernel per tensor instead of ~10 elementwise ops, about twice as fast on
-    the CPU (benchmarks/tricks.py) and the fastest variant on a GPU too. ``fused: false`` in ``init_args`` turns
-    it off.
-    """
-    cls = _target_class(factory)
-    given = getattr(factory, "keywords", {})
-    if cls is not None and "fused" in inspect.signature(cls).parameters and given.get("fused") is None:
-        if not given.get("foreach") and not given.get("differentiable"):  # torch refuses these with fused
-            try:
-                return factory(params, fused=True)
-            except RuntimeError:  # a device or dtype without a fused kernel: the default implementation
-                pass
-    return factory(params)
-
-
-def _target_class(factory) -> type | None:
-    """The class a config callable builds: a class, ``partial(cls, ...)`` or jsonargparse's
-    ``partial(instantiate, instantiator, cls, ...)``."""
-    for candidate in (factory, getattr(factory, "func", None), *getattr(factory, "args", ())[-1:]):
-        if inspect.isclass(candidate):
-            return candidate
-    return None
-
-
-def _plain_hparams(hparams: dict) -> None:
-    """Write the factories among ``hparams`` (optimizer, scheduler, network) as LightningCLI's ``class_path`` /
-    ``init_args``; leave out one that cannot be written so (a lambda, a partial with objects in it)."""
-    for key in ("optimizer", "lr_scheduler", "net"):
-        value = hparams.get(key)
-        if value is None or isinstance(value, dict):
-            continue
-        cls, kwargs = _target_class(value), dict(getattr(value, "keywords", {}))
-        if cls is None or getattr(value, "args", ()) or not _is_plain(kwargs):
-            hparams.pop(key)  # load_from_checkpoint then needs it passed again
-        else:
-            hparams[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": kwargs}
-    hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-
-
-def _is_plain(value) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
-def _cli_is_building() -> bool:
-    """True while LightningCLI instantiates the module (hparams then hold the config, not live objects)."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is not None
 
 
 def _without(module: nn.Module, head: nn.Module) -> list[nn.Module]:
@@ -391,36 +325,3 @@ def _check_mlp(hidden_sizes, dropout) -> None:
     for p in drops:
         if not 0 <= p < 1:
             raise CifarlitError(f"model.dropout={dropout} is not valid: each probability must be in [0, 1).")
-
-
-def _gather(state: dict) -> list[dict]:
-    """``state`` of every process of a DDP run, in rank order (only this process's outside one)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [state]
-    states: list = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)  # the run's own processes, in memory: not a file
-    return states
-
-
-def rng_states() -> dict:
-    """torch, CUDA, NumPy and Python RNG states as tensors and plain values (loadable with weights_only=True); a
-    checkpoint's are checked against this layout before they are restored (``checkpoints.check_restorable``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))

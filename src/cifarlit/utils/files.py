@@ -5,7 +5,9 @@ never half a CSV, half a model or half a record that a later run or a user would
 atomic on POSIX when both names are on one file system, hence the temporary file in the same folder; the file is
 flushed to the disk (``fsync``) before the rename and the folder after it, so a power cut cannot leave the new
 name pointing at empty blocks. A temporary is hidden (a leading dot) and carries its writer's ``host-pid``: the
-next write to the same name removes the ones left by killed processes of this machine.
+next write to the same name removes the ones left by killed processes of this machine. The file gets the
+permissions a plain ``open()`` would give it (the old file's, or the umask's), whatever mode its writer created the
+temporary with (safetensors writes 0600).
 
 Output paths are checked before the work that fills them (:func:`check_output`): a folder, a path under a file or
 a folder that cannot be written is refused in one sentence, not after a long prediction or export.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -76,6 +79,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux); else set and put back."""
+    with suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave: an existing file keeps its own, a new one gets the
+    umask's."""
+    with suppress(OSError):
+        info = os.stat(path)
+        if stat.S_ISREG(info.st_mode):
+            return stat.S_IMODE(info.st_mode)
+    return 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that wants a file name (``savefig``, ``torch.jit.save``);
@@ -87,6 +109,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)  # the data on the disk before the name points at it
+        os.chmod(tmp, _plain_mode(path))  # not the writer's own mode: a user's model must not become private
         os.replace(tmp, path)
         _fsync(path.parent)  # and the rename itself
     finally:
