@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from cifarlit.cli import cli_main
-from cifarlit.data import sources
+from cifarlit.data import images, sources
 from conftest import write_image_folder, write_unlabelled_folder
 from helpers import REPO, run_cli
 
@@ -77,10 +77,10 @@ def test_an_image_is_resized_by_its_shorter_side_and_its_middle_kept(tmp_path):
     image = np.zeros((48, 144, 3), np.uint8)  # height 48, width 144: red | green | blue squares
     image[:, :48, 0], image[:, 48:96, 1], image[:, 96:, 2] = 255, 255, 255
     Image.fromarray(image).save(tmp_path / "wide.png")
-    x = sources.decode(str(tmp_path / "wide.png"), size=32)
+    x = images.decode(str(tmp_path / "wide.png"), size=32)
     assert x.shape == (32, 32, 3)
     assert x[:, :, 1].mean() > 250 and x[:, :, 0].mean() < 5 and x[:, :, 2].mean() < 5  # the middle, not squashed
-    gray = sources.decode(str(tmp_path / "wide.png"), size=16, channels=1)
+    gray = images.decode(str(tmp_path / "wide.png"), size=16, channels=1)
     assert gray.shape == (16, 16, 1) and abs(int(gray.mean()) - round(0.587 * 255)) <= 2  # green's luma
 
 

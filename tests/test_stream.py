@@ -23,7 +23,7 @@ import torch
 
 from cifarlit.cli import cli_main
 from cifarlit.commands import prepare as prepare_module
-from cifarlit.data import stream
+from cifarlit.data import litdata_adapter, stream, stream_loader
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.sources import DataError
 from conftest import write_image_folder
@@ -164,7 +164,7 @@ def ranks_read(stream_dir: Path, world: int, split: str, batch_size: int, worker
             env.setenv("WORLD_SIZE", str(world))
             env.setenv("GLOBAL_RANK", str(rank))
             dataset = stream.open_split(str(stream_dir), split, info, shuffle=split == "train", seed=7)
-            per_rank.append([digests(x) for x, _ in stream.loader(dataset, info.shape, batch_size, workers, False)])
+            per_rank.append([digests(x) for x, _ in stream_loader.loader(dataset, info.shape, batch_size, workers, False)])
     return per_rank
 
 
@@ -188,9 +188,7 @@ def test_processes_share_every_test_image_once_in_order(world, pickle_stream):
 
 
 def test_a_stream_in_object_storage_reads_the_same(pickle_stream, tmp_path, monkeypatch):
-    from litdata.utilities import dataset_utilities
-
-    monkeypatch.setattr(dataset_utilities, "_LITDATA_CACHE_DIR", str(tmp_path / "cache"))  # where chunks land
+    monkeypatch.setattr(*litdata_adapter.CACHE_DIR_SETTING, str(tmp_path / "cache"))  # where chunks land
     url = f"local:{pickle_stream}"  # LitData's object-store path, served from a local folder
     remote, local = CIFAR10DataModule(stream=url), CIFAR10DataModule(stream=str(pickle_stream))
     for dm in (remote, local):
