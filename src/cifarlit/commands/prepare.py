@@ -260,13 +260,8 @@ def _check_replaceable(output: Path, overwrite: bool) -> None:
         )
 
 
-def prepare(
-    data_dir: Path, output: Path, val_size=0.2, test_size=0.2, seed: int = 42, download: bool = True,
-    num_workers: int = 1, chunk_bytes: str = CHUNK_BYTES, repeat: int = 1, overwrite: bool = False,
-    image_size: int = images.CIFAR_SIZE, channels: int = 3,
-) -> Path:  # fmt: skip
-    """Write ``data_dir``'s train/val/test split as a stream in ``output`` (see the module docstring)."""
-    val_size, test_size = split.count_or_fraction(val_size), split.count_or_fraction(test_size)
+def _check_options(output: Path, val_size, test_size, repeat: int, image_size: int, channels: int) -> None:
+    """Refuse what prepare cannot write, before anything is read."""
     split.check_split_size(val_size, "data.val_size")
     split.check_split_size(test_size, "data.test_size")
     if stream.is_url(str(output)):
@@ -279,6 +274,29 @@ def prepare(
     shapes.check_image_size(image_size)
     if channels not in (1, 3):
         raise DataError(f"data.channels={channels} is not valid: use 1 (gray) or 3 (RGB).")
+
+
+def _plan(listing: Listing, positions: tuple, seed: int, repeat: int) -> dict[str, list[tuple]]:
+    """The jobs that write each split: the training images in a seeded random order (a new one for each of the
+    ``repeat`` copies, since LitData shuffles only the chunks and blocks within them), val and test in order."""
+    train_idx, val_idx, test_idx = positions
+    rng = np.random.default_rng(seed)
+    train_order = np.concatenate([rng.permutation(train_idx) for _ in range(repeat)])
+    if test_idx is None:  # the dataset's own test set, all of it
+        test = _jobs(listing, np.arange(len(listing.test_labels)), test=True)
+    else:
+        test = _jobs(listing, test_idx)
+    return {"train": _jobs(listing, train_order), "val": _jobs(listing, val_idx), "test": test}
+
+
+def prepare(
+    data_dir: Path, output: Path, val_size=0.2, test_size=0.2, seed: int = 42, download: bool = True,
+    num_workers: int = 1, chunk_bytes: str = CHUNK_BYTES, repeat: int = 1, overwrite: bool = False,
+    image_size: int = images.CIFAR_SIZE, channels: int = 3,
+) -> Path:  # fmt: skip
+    """Write ``data_dir``'s train/val/test split as a stream in ``output`` (see the module docstring)."""
+    val_size, test_size = split.count_or_fraction(val_size), split.count_or_fraction(test_size)
+    _check_options(output, val_size, test_size, repeat, image_size, channels)
     output = output.expanduser().absolute()
     _refuse_inside(output, data_dir)  # before the dataset is downloaded into data_dir
     if output.exists() and not output.is_symlink():  # a file or another folder: refused before any work
@@ -287,8 +305,7 @@ def prepare(
     listing = list_dataset(data_dir, image_size, channels)
     carve_test = listing.test_labels is None
     positions = split.split_positions(listing.train_labels, carve_test, val_size, test_size, seed, data_dir)
-    train_idx, val_idx, test_idx = positions
-    fingerprint = split.split_fingerprint(train_idx, val_idx, listing.fingerprint, test_idx)
+    fingerprint = split.split_fingerprint(*positions[:2], listing.fingerprint, positions[2])
     if output.exists() or output.is_symlink():
         if _up_to_date(output, fingerprint, repeat) and not overwrite:
             print(f"prepare: {output} already holds this split ({fingerprint}); nothing to do.")
@@ -304,14 +321,7 @@ def prepare(
             f"--output {output} cannot be written ({err.strerror or err.__class__.__name__}): pass a folder in a "
             "place you can write to."
         ) from None
-    rng = np.random.default_rng(seed)
-    # the training images in a random order (a new one for each copy): LitData shuffles chunks and within them
-    train_order = np.concatenate([rng.permutation(train_idx) for _ in range(repeat)])
-    plan = {
-        "train": _jobs(listing, train_order),
-        "val": _jobs(listing, val_idx),
-        "test": _jobs(listing, test_idx) if carve_test else _jobs(listing, np.arange(len(listing.test_labels)), True),
-    }
+    plan = _plan(listing, positions, seed, repeat)
     sizes = {name: sum(len(what) if isinstance(what, list) else 1 for _, what in jobs) for name, jobs in plan.items()}
     try:
         for name, jobs in plan.items():

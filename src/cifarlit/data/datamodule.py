@@ -159,26 +159,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._classes if self._classes is not None else self._data_classes()
 
     def _data_classes(self) -> tuple[str, ...]:
-        available = sources.class_names(self.data_dir)
-        keep = self.hparams.keep_classes
-        if keep is None:
-            return available
-        unknown = [c for c in keep if c not in available]
-        if unknown or len(set(keep)) != len(keep) or len(keep) < 2:
-            raise DataError(
-                f"data.keep_classes={list(keep)} is not valid: name at least 2 distinct classes of {list(available)}."
-            )
-        return tuple(keep)
+        return sources.class_names(self.data_dir, self.hparams.keep_classes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of the images the network sees: the loaded checkpoint's, else the options'
         (LightningCLI links it into ``model.image_shape``)."""
-        return self._trained_shape or self._asked_shape
-
-    @property
-    def _asked_shape(self) -> tuple[int, int, int]:
-        return (self.hparams.channels, self.hparams.image_size, self.hparams.image_size)
+        return self._trained_shape or (self.hparams.channels, self.hparams.image_size, self.hparams.image_size)
 
     @property
     def num_classes(self) -> int:
@@ -348,7 +335,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if "image_shape" in state_dict:  # checkpoints from before the size was an option are 3x32x32
             shape = tuple(state_dict["image_shape"])
             if hasattr(self, "train_set"):  # the data is read at the options' size: it must be the trained one
-                shapes.check_trained_shape(shape, self._asked_shape, "the checkpoint")
+                shapes.check_trained_shape(shape, self.image_shape, "the checkpoint")
             self._trained_shape = shape
         if "classes" not in state_dict:  # checkpoints from before class names were stored
             return

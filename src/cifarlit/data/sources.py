@@ -62,12 +62,21 @@ def detect_format(root: Path) -> str | None:
     return None
 
 
-def class_names(root: Path) -> tuple[str, ...]:
-    """Class names without decoding anything: the folders', or the pickle batches' ``batches.meta``."""
+def class_names(root: Path, keep: list[str] | None = None) -> tuple[str, ...]:
+    """Class names without decoding anything: the folders', or the pickle batches' ``batches.meta``; with ``keep``
+    (``data.keep_classes``), those of them, in that order."""
     fmt = detect_format(root)
     if fmt == "folder":
-        return folder_classes(root)
-    return pickle_classes(root / PICKLE_DIR) if fmt == "pickle" else CIFAR10_CLASSES
+        available = folder_classes(root)
+    else:
+        available = pickle_classes(root / PICKLE_DIR) if fmt == "pickle" else CIFAR10_CLASSES
+    if keep is None:
+        return available
+    if any(c not in available for c in keep) or len(set(keep)) != len(keep) or len(keep) < 2:
+        raise DataError(
+            f"data.keep_classes={list(keep)} is not valid: name at least 2 distinct classes of {list(available)}."
+        )
+    return tuple(keep)
 
 
 def ensure_available(root: Path, download: bool) -> None:
