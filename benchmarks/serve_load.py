@@ -184,7 +184,7 @@ def in_process(model: Path, files: list[Path], total: int) -> dict:
     """onnxruntime in this process: each image decoded as the server decodes it, then run alone, ``total`` times."""
     import onnxruntime as ort
 
-    from cifarlit.data.sources import decode
+    from cifarlit.data.images import decode
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])

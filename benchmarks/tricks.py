@@ -53,7 +53,7 @@ def run(data: str | None = None) -> list[dict]:
     rows.append(compare("batch by index_select, not x[idx] (512 of 40,000 images)",
                         lambda: big.index_select(0, idx), lambda: big[idx]))  # fmt: skip
 
-    from cifarlit.data.datamodule import normalizer
+    from cifarlit.data.split import normalizer
 
     scale, shift = normalizer(torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26]))
     mean, std = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1), torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
@@ -61,30 +61,29 @@ def run(data: str | None = None) -> list[dict]:
                         lambda: x512.float().mul_(scale).add_(shift),
                         lambda: (x512.float() / 255 - mean) / std))  # fmt: skip
 
-    from cifarlit.data.augment import AugmentConfig, BatchAugment, select_apply
+    from cifarlit.data.augment import AugmentConfig, batch_crop, select_apply
 
     x64 = torch.rand(64, 3, 32, 32)
-    crop_flip = BatchAugment(AugmentConfig(preset="crop_flip"))
+    cfg = AugmentConfig(preset="crop_flip")
 
-    def affine_grid_crop_flip(x: torch.Tensor) -> torch.Tensor:
+    def affine_grid_crop(x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        r = torch.rand(b, 3)
+        r = torch.rand(b, 2)
         theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0] = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
-        theta[:, 1, 1] = 1.0
-        theta[:, 0, 2] = (torch.floor(r[:, 2] * 9) - 4) * 2 / w
-        theta[:, 1, 2] = (torch.floor(r[:, 1] * 9) - 4) * 2 / h
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta[:, 0, 2] = (torch.floor(r[:, 1] * 9) - 4) * 2 / w
+        theta[:, 1, 2] = (torch.floor(r[:, 0] * 9) - 4) * 2 / h
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
-    rows.append(compare("crop+flip grid built from two coordinate rows, not F.affine_grid (64 images)",
-                        lambda: crop_flip(x64.clone()), lambda: affine_grid_crop_flip(x64.clone())))  # fmt: skip
+    rows.append(compare("crop grid built from two coordinate rows, not F.affine_grid (64 images)",
+                        lambda: batch_crop(x64.clone(), cfg), lambda: affine_grid_crop(x64.clone())))  # fmt: skip
     chosen = torch.rand(64) < 0.5
     rows.append(compare("CPU: flip the chosen images by index, not a whole-batch torch.where (64 images)",
                         lambda: select_apply(x64.clone(), chosen, lambda im: im.flip(-1), by_index=True),
                         lambda: select_apply(x64.clone(), chosen, lambda im: im.flip(-1), by_index=False)))  # fmt: skip
-    rows.append(compare("one random draw per batch, not one per parameter (7 x 64 numbers)",
-                        lambda: torch.rand(64, 7), lambda: [torch.rand(64) for _ in range(7)], unit="us"))  # fmt: skip
+    rows.append(compare("one random draw per augmentation, not one per parameter (4 x 64 numbers)",
+                        lambda: torch.rand(64, 4), lambda: [torch.rand(64) for _ in range(4)], unit="us"))  # fmt: skip
 
     from torchmetrics import MeanMetric
 
@@ -127,7 +126,7 @@ def run(data: str | None = None) -> list[dict]:
                         lambda: cnn(xb).sum().backward(), lambda: contiguous(xb).sum().backward(),
                         repeats=3))  # fmt: skip
 
-    from cifarlit.data.datamodule import channel_stats
+    from cifarlit.data.split import channel_stats
 
     rows.append(compare("channel statistics by uint8 bincount, not through an int64 copy (40,000 images)",
                         lambda: channel_stats(big),

@@ -125,7 +125,7 @@ class SeenImages(Callback):
 
         import torch
 
-        from cifarlit.data.datamodule import normalizer
+        from cifarlit.data.split import normalizer
 
         scale, shift = (t.to(x.device) for t in normalizer(trainer.datamodule.mean, trainer.datamodule.std))
         images = ((x - shift) / scale).round().to(torch.uint8).cpu()

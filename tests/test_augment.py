@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import albumentations as A
 import pytest
 import torch
 
-from cifarlit.data.augment import AlbumentationsBatch, AugmentConfig, BatchAugment
+from cifarlit.data.augment import (
+    PRESETS,
+    AlbumentationsBatch,
+    AugmentConfig,
+    BatchAugment,
+    albumentations_pipeline,
+    albumentations_twin,
+    draw,
+    select_apply,
+)
 from cifarlit.data.datamodule import CIFAR10DataModule
 
 
@@ -61,6 +71,35 @@ def test_course_preset_changes_images_in_range(backend):
     gray = (out[:, 0] - out[:, 1]).abs().amax((1, 2)) < 2 / 255
     assert 0.12 < gray.float().mean().item() < 0.28  # ToGray at 0.5 * 0.2 / (0.2 + 0.3) = 20%
     assert not torch.allclose(out, x.float() / 255)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_runs_in_both_backends_from_one_list(preset, channels):
+    cfg = AugmentConfig(preset=preset)
+    x = torch.randint(0, 256, (8, channels, 16, 16), dtype=torch.uint8)
+    batched = BatchAugment(cfg)(x.float() / 255, generator=torch.Generator().manual_seed(0))
+    assert batched.shape == x.shape and 0 <= batched.min() and batched.max() <= 1
+    pipeline = albumentations_pipeline(cfg, size=16, seed=0, channels=channels)
+
+    twins = [type(t).__name__ for aug in PRESETS[preset] for t in aug.albumentations(A, cfg, 16, channels)]
+    assert [type(t).__name__ for t in pipeline.transforms] == twins  # the Compose is the list's twins, in order
+    assert AlbumentationsBatch(cfg, seed=0, shape=(channels, 16, 16))(x).shape == x.shape
+
+
+def test_a_new_augmentation_is_one_function_with_its_twin(monkeypatch):
+    @albumentations_twin(lambda A, cfg, size, channels: [A.VerticalFlip()])
+    def batch_flip_ud(x, cfg, generator=None):
+        """Mirror a random half of the images upside down (README, "Where to add something")."""
+        return select_apply(x, draw(x, 1, generator)[:, 0] < 0.5, lambda im: im.flip(-2))
+
+    monkeypatch.setitem(PRESETS, "flip_ud", [batch_flip_ud])
+    x = torch.full((2000, 3, 32, 32), 40, dtype=torch.uint8)
+    x[..., :16, :] = 220  # bright top, dark bottom
+    for backend in ("batched", "albumentations"):
+        out = run_backend(backend, AugmentConfig(preset="flip_ud", backend=backend), x)
+        upside_down = out[..., :16, :].mean((1, 2, 3)) < out[..., 16:, :].mean((1, 2, 3))
+        assert 0.45 < upside_down.float().mean().item() < 0.55, backend
 
 
 def test_batched_parameters_differ_per_image():

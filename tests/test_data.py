@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlit.data import sources
-from cifarlit.data.datamodule import CIFAR10DataModule, channel_stats
+from cifarlit.data import cache as decode_cache
+from cifarlit.data import images, sources
+from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.sources import DataError
+from cifarlit.data.split import channel_stats
 
 
 def make_dm(root, **kwargs) -> CIFAR10DataModule:
@@ -144,8 +146,8 @@ def test_batch_transfer_normalizes_with_train_stats(pickle_root):
 
 def test_cache_is_written_then_used(fresh_folder, monkeypatch):
     first = sources.load(fresh_folder)
-    assert (fresh_folder / sources.CACHE_NAME).is_file()
-    monkeypatch.setattr(sources, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
+    assert (fresh_folder / decode_cache.CACHE_NAME).is_file()
+    monkeypatch.setattr(images, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
     again = sources.load(fresh_folder)
     np.testing.assert_array_equal(first.train_x, again.train_x)
 
@@ -161,7 +163,7 @@ def test_stale_cache_is_rebuilt(fresh_folder):
 
 def test_corrupted_cache_is_rebuilt(fresh_folder):
     good = sources.load(fresh_folder)
-    (fresh_folder / sources.CACHE_NAME).write_bytes(b"not a cache")
+    (fresh_folder / decode_cache.CACHE_NAME).write_bytes(b"not a cache")
     with pytest.warns(UserWarning, match="unreadable"):
         raw = sources.load(fresh_folder)
     np.testing.assert_array_equal(raw.train_x, good.train_x)

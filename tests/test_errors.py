@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from cifarlit.data import cache as decode_cache
 from cifarlit.data import sources
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.sources import DataError
@@ -95,7 +96,7 @@ def test_corrupted_image_is_named(fresh_folder):
     with pytest.raises(DataError, match=rf"cannot read 1 image file in {fresh_folder}: train/dog/{victim.name}"):
         setup_dm(fresh_folder)
     after = snapshot(fresh_folder)
-    after.pop(fresh_folder / sources.LOCK_NAME, None)  # the empty lock file that decoding takes stays
+    after.pop(fresh_folder / decode_cache.LOCK_NAME, None)  # the empty lock file that decoding takes stays
     assert after == before  # the bad file is reported, not deleted
 
 

@@ -1,6 +1,6 @@
 """Hostile dataset files, generated here, fed to every path that reads their kind: `fit` (the DataModule's
 prepare_data and setup), `explore`, `prepare` (its listing and the decode jobs its workers run) and
-`predict --data.predict_dir`, plus ``sources.decode`` on a file object (what a server would call).
+`predict --data.predict_dir`, plus ``images.decode`` on a file object (what a server would call).
 
 None of them runs another program, writes outside its folder, hangs or gives a traceback: each archive,
 image, cache, batch file or name below is refused in one sentence naming it, left out with one line, or rebuilt
@@ -37,7 +37,9 @@ from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
 from cifarlit.cli import cli_main
 from cifarlit.commands import prepare
-from cifarlit.data import sources
+from cifarlit.data import archive as cifar_archive
+from cifarlit.data import cache as decode_cache
+from cifarlit.data import images, sources
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.sources import DataError
 from cifarlit.training.trainer import CifarTrainer
@@ -183,7 +185,7 @@ def hostile_archive(variant: str, path: Path) -> None:
         elif variant == "fifo":  # a batch file that would block its reader forever
             _add(tar, f"{P}/data_batch_1", type=tarfile.FIFOTYPE)
         elif variant == "too-many-entries":
-            for i in range(sources.ARCHIVE_MAX_MEMBERS + 1):
+            for i in range(cifar_archive.ARCHIVE_MAX_MEMBERS + 1):
                 _add(tar, f"{P}/f{i}", b"")
         else:
             raise ValueError(variant)
@@ -207,9 +209,9 @@ def data_dir_with(variant: str, tmp_path: Path, bombs: dict[str, Path]) -> Path:
     root = tmp_path / "parent" / "data"
     root.mkdir(parents=True)
     if variant in bombs:
-        shutil.copy(bombs[variant], root / sources.ARCHIVE)
+        shutil.copy(bombs[variant], root / cifar_archive.ARCHIVE)
     else:
-        hostile_archive(variant, root / sources.ARCHIVE)
+        hostile_archive(variant, root / cifar_archive.ARCHIVE)
     (root.parent / "sentinel.txt").write_text("keep")
     return root
 
@@ -217,7 +219,7 @@ def data_dir_with(variant: str, tmp_path: Path, bombs: dict[str, Path]) -> Path:
 def assert_nothing_unpacked(root: Path) -> None:
     assert sorted(p.name for p in root.parent.iterdir()) == ["data", "sentinel.txt"]  # nothing written outside
     assert (root.parent / "sentinel.txt").read_text() == "keep"
-    assert [p.name for p in root.iterdir()] == [sources.ARCHIVE]  # no dataset, no leftover
+    assert [p.name for p in root.iterdir()] == [cifar_archive.ARCHIVE]  # no dataset, no leftover
 
 
 @pytest.mark.parametrize("variant", ESCAPING + ["device", "fifo"])
@@ -227,7 +229,7 @@ def test_the_archive_payloads_are_live(variant, bombs, tmp_path):
     if variant == "device" and os.geteuid() != 0:
         pytest.skip("only root may create a device file")
     root = data_dir_with(variant, tmp_path, bombs)
-    with tarfile.open(root / sources.ARCHIVE) as tar:
+    with tarfile.open(root / cifar_archive.ARCHIVE) as tar:
         tar.extractall(root, filter="fully_trusted")
     if variant in ESCAPING:
         assert (root.parent / "pwned").exists() or (root.parent / "sentinel.txt").read_text() != "keep"
@@ -251,7 +253,7 @@ WHY_NOT_UNPACKED = {
     "fifo": f"its entry '{P}/data_batch_1' is a FIFO",
     "gzip-bomb": "it unpacks to more than 3.",  # 4 times its ~650 kB + 1 MB: counted as it unpacks
     "lying-header": "it has data after its last entry (a header that lies about a size)",
-    "too-many-entries": f"it holds more than {sources.ARCHIVE_MAX_MEMBERS} entries",
+    "too-many-entries": f"it holds more than {cifar_archive.ARCHIVE_MAX_MEMBERS} entries",
 }
 ARCHIVE_READERS = {  # CIFAR-10's 10 classes: a validation split of 20
     "fit": lambda root, tmp: read_fit(root, val_size=20),
@@ -262,7 +264,7 @@ ARCHIVE_READERS = {  # CIFAR-10's 10 classes: a validation split of 20
 
 def trust(archive: Path, monkeypatch) -> None:
     """Take ``archive``'s md5 for the release's, to reach the checks that follow the md5's."""
-    monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar_archive, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
 
 
 @pytest.mark.parametrize("reader", ARCHIVE_READERS)
@@ -270,9 +272,9 @@ def trust(archive: Path, monkeypatch) -> None:
 def test_a_hostile_archive_with_the_release_md5_is_refused_and_writes_nothing(variant, reader, bombs, tmp_path,
                                                                               monkeypatch):  # fmt: skip
     root = data_dir_with(variant, tmp_path, bombs)
-    trust(root / sources.ARCHIVE, monkeypatch)
+    trust(root / cifar_archive.ARCHIVE, monkeypatch)
     message = refusal(ARCHIVE_READERS[reader], root, tmp_path)
-    assert message.startswith(f"{root / sources.ARCHIVE} was not unpacked: {WHY_NOT_UNPACKED[variant]}")
+    assert message.startswith(f"{root / cifar_archive.ARCHIVE} was not unpacked: {WHY_NOT_UNPACKED[variant]}")
     assert "delete it so it is downloaded again" in message
     assert_nothing_unpacked(root)
     assert not (tmp_path / "stream").exists()
@@ -282,7 +284,7 @@ def test_a_hostile_archive_with_the_release_md5_is_refused_and_writes_nothing(va
 def test_a_hostile_archive_is_refused_by_its_md5_first(variant, bombs, tmp_path):
     root = data_dir_with(variant, tmp_path, bombs)
     message = refusal(read_fit, root)
-    assert message.startswith(f"{root / sources.ARCHIVE} is not CIFAR-10's release (its md5 is ")
+    assert message.startswith(f"{root / cifar_archive.ARCHIVE} is not CIFAR-10's release (its md5 is ")
     assert_nothing_unpacked(root)
 
 
@@ -293,17 +295,17 @@ def test_an_archive_name_that_is_not_a_file_is_neither_read_nor_downloaded_into(
     root.mkdir(parents=True)
     (root.parent / "sentinel.txt").write_text("keep")
     if entry == "fifo":
-        os.mkfifo(root / sources.ARCHIVE)  # reading it, or downloading into it, would wait forever
+        os.mkfifo(root / cifar_archive.ARCHIVE)  # reading it, or downloading into it, would wait forever
     else:
-        os.symlink(tmp_path / "moved-away.tar.gz", root / sources.ARCHIVE)
+        os.symlink(tmp_path / "moved-away.tar.gz", root / cifar_archive.ARCHIVE)
     message = refusal(ARCHIVE_READERS[reader], root, tmp_path)
-    assert message.startswith(f"{root / sources.ARCHIVE} is not a regular file, so it was neither read nor")
+    assert message.startswith(f"{root / cifar_archive.ARCHIVE} is not a regular file, so it was neither read nor")
     assert_nothing_unpacked(root)
 
 
 def write_archive(pickle_root: Path, root: Path) -> Path:
     root.mkdir(parents=True)
-    with tarfile.open(root / sources.ARCHIVE, "w:gz") as tar:
+    with tarfile.open(root / cifar_archive.ARCHIVE, "w:gz") as tar:
         tar.add(pickle_root / P, arcname=P)
     (root.parent / "sentinel.txt").write_text("keep")
     return root
@@ -313,13 +315,13 @@ def write_archive(pickle_root: Path, root: Path) -> Path:
 def test_a_repacked_archive_is_refused_by_md5_with_the_way_to_use_it(reader, pickle_root, tmp_path, monkeypatch):
     root = write_archive(pickle_root, tmp_path / "parent" / "data")
     message = refusal(ARCHIVE_READERS[reader], root, tmp_path)
-    digest = hashlib.md5((root / sources.ARCHIVE).read_bytes()).hexdigest()
-    assert f"(its md5 is {digest}, the release's {sources.CIFAR10_MD5})" in message
+    digest = hashlib.md5((root / cifar_archive.ARCHIVE).read_bytes()).hexdigest()
+    assert f"(its md5 is {digest}, the release's {cifar_archive.CIFAR10_MD5})" in message
     assert f"unpack it yourself and put its '{P}' folder in {root}" in message
     assert_nothing_unpacked(root)
-    trust(root / sources.ARCHIVE, monkeypatch)  # the same archive with the release's md5 unpacks and trains
+    trust(root / cifar_archive.ARCHIVE, monkeypatch)  # the same archive with the release's md5 unpacks and trains
     assert ARCHIVE_READERS[reader](root, tmp_path) is not None
-    assert sorted(p.name for p in root.iterdir()) == sorted([sources.ARCHIVE, P])
+    assert sorted(p.name for p in root.iterdir()) == sorted([cifar_archive.ARCHIVE, P])
 
 
 def test_a_hostile_archive_is_one_sentence_on_the_command_line(tmp_path, monkeypatch, capsys):
@@ -417,10 +419,10 @@ def test_an_image_no_listed_format_reads_runs_nothing_and_is_unreadable(variant,
 def test_decode_of_a_file_object_reads_the_listed_formats_only(variant, ghostscript, folder_root):
     _, payload = HOSTILE_IMAGES[variant]
     with pytest.raises(UnidentifiedImageError):
-        sources.decode(io.BytesIO(payload()), SIZE)
+        images.decode(io.BytesIO(payload()), SIZE)
     assert not ghostscript.marker.exists() and ghostscript.started == []
     good = next((folder_root / "train" / "cat").glob("*.png"))
-    np.testing.assert_array_equal(sources.decode(io.BytesIO(good.read_bytes())), sources.decode(str(good)))
+    np.testing.assert_array_equal(images.decode(io.BytesIO(good.read_bytes())), images.decode(str(good)))
 
 
 def test_postscript_in_a_folder_is_one_sentence_on_the_command_line(ghostscript, tmp_path, monkeypatch, capsys):
@@ -573,7 +575,7 @@ def test_a_link_that_leads_nowhere_is_an_unreadable_image(variant, reader, tmp_p
     message = refusal(read, root)
     shown = name if reader == "predict" else f"train/a/{name}"
     assert message.startswith("cannot read 1 image file in ") and f": {shown} ({DANGLING[variant]})" in message
-    assert not (root / sources.CACHE_NAME).exists()  # a refused folder gets no cache
+    assert not (root / decode_cache.CACHE_NAME).exists()  # a refused folder gets no cache
     if reader != "prepare":
         assert read(root, skip_unreadable=True) == count
 
@@ -584,7 +586,7 @@ def test_a_link_that_leads_nowhere_is_one_sentence_on_the_command_line(tmp_path,
     monkeypatch.chdir(tmp_path)
     code, stderr = cli(capsys, "fit", "-c", DEFAULT, "--data.data_dir", str(root), "--data.image_size", str(SIZE))
     assert code == 2 and "train/b/link-to-nothing.png (FileNotFoundError)" in one_error_line(stderr)
-    assert sorted(p.name for p in root.iterdir()) == [sources.LOCK_NAME, "test", "train"]  # and no cache
+    assert sorted(p.name for p in root.iterdir()) == [decode_cache.LOCK_NAME, "test", "train"]  # and no cache
 
 
 # --- 8. no wrong result without a word: caches, 16-bit images, batches.meta -----------------------------------------
@@ -631,13 +633,13 @@ CACHE_READERS = {"fit": read_fit, "explore": read_explore}  # predict and prepar
 def test_a_cache_that_does_not_match_its_folder_is_rebuilt_with_one_warning(variant, reader, tmp_path, monkeypatch):
     root = tiny_folder(tmp_path / "data")
     expected = sources.load(root, size=SIZE)  # decodes and writes the cache
-    CACHES[variant](root / sources.CACHE_NAME)
+    CACHES[variant](root / decode_cache.CACHE_NAME)
     with pytest.warns(UserWarning) as warned:
         assert CACHE_READERS[reader](root) == 8
-    mine = [str(w.message) for w in warned if sources.CACHE_NAME in str(w.message)]
+    mine = [str(w.message) for w in warned if decode_cache.CACHE_NAME in str(w.message)]
     assert len(mine) == 1 and "does not match the folder it claims to cache (" in mine[0], mine
     assert mine[0].endswith("decoding the images again.")
-    monkeypatch.setattr(sources, "decode", lambda *args: pytest.fail("decoded although the cache was rebuilt"))
+    monkeypatch.setattr(images, "decode", lambda *args: pytest.fail("decoded although the cache was rebuilt"))
     again = sources.load(root, size=SIZE)  # the rebuilt cache is used
     for key in ("train_x", "train_y", "test_x", "test_y"):
         np.testing.assert_array_equal(getattr(again, key), getattr(expected, key))
@@ -656,7 +658,7 @@ def gray16(mode: str) -> tuple[Image.Image, np.ndarray]:
 def test_16_bit_gray_is_scaled_not_clipped(mode):
     image, expected = gray16(mode)
     assert expected[-1, -1] == 128  # mid-gray, which clipping made 255
-    np.testing.assert_array_equal(np.asarray(sources._eight_bits(image)), expected)
+    np.testing.assert_array_equal(np.asarray(images.eight_bits(image)), expected)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -686,7 +688,7 @@ def test_16_bit_pngs_read_as_8_bit_by_every_reader(reader, channels, tmp_path):
         dm.predict_dataloader()
         x = dm.predict_set.x.permute(0, 2, 3, 1).numpy()
     else:
-        x = sources.decode(io.BytesIO((root / "train" / "a" / "0.png").read_bytes()), SIZE, channels)[None]
+        x = images.decode(io.BytesIO((root / "train" / "a" / "0.png").read_bytes()), SIZE, channels)[None]
     assert len(x) >= 1
     for decoded in x:
         np.testing.assert_array_equal(decoded, expected)
@@ -804,7 +806,7 @@ def test_image_files_not_named_in_utf8_train_and_are_named_when_unreadable(reade
     assert f"train/a/{LATIN1}-2.png (UnidentifiedImageError)" in message
     if reader != "prepare":  # the cache keeps it among the files left out, and reads it back
         assert read(root, skip_unreadable=True) == 9
-        monkeypatch.setattr(sources, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
+        monkeypatch.setattr(images, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
         assert refusal(read, root) == message
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from cifarlit.cli import cli_main
 from cifarlit.commands import prepare as prepare_module
-from cifarlit.data import stream
+from cifarlit.data import litdata_adapter, stream
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.sources import DataError
 from conftest import write_pickle_cifar
@@ -224,9 +224,7 @@ def payload(tmp_path, monkeypatch) -> Payload:
 
 @pytest.fixture
 def litdata_cache(tmp_path, monkeypatch) -> Path:
-    from litdata.utilities import dataset_utilities
-
-    monkeypatch.setattr(dataset_utilities, "_LITDATA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(*litdata_adapter.CACHE_DIR_SETTING, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 

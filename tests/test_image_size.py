@@ -3,13 +3,18 @@ through the networks, augmentation, predict and export."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from cifarlit.cli import cli_main
-from cifarlit.data import sources
+from cifarlit.data import DataError, images, sources, stream
+from cifarlit.utils import checkpoints
+from cifarlit.utils.checkpoints import MAX_SIDE, MIN_SIDE
+from cifarlit.utils.errors import CifarlitError
 from conftest import write_image_folder, write_unlabelled_folder
 from helpers import REPO, run_cli
 
@@ -77,10 +82,10 @@ def test_an_image_is_resized_by_its_shorter_side_and_its_middle_kept(tmp_path):
     image = np.zeros((48, 144, 3), np.uint8)  # height 48, width 144: red | green | blue squares
     image[:, :48, 0], image[:, 48:96, 1], image[:, 96:, 2] = 255, 255, 255
     Image.fromarray(image).save(tmp_path / "wide.png")
-    x = sources.decode(str(tmp_path / "wide.png"), size=32)
+    x = images.decode(str(tmp_path / "wide.png"), size=32)
     assert x.shape == (32, 32, 3)
     assert x[:, :, 1].mean() > 250 and x[:, :, 0].mean() < 5 and x[:, :, 2].mean() < 5  # the middle, not squashed
-    gray = sources.decode(str(tmp_path / "wide.png"), size=16, channels=1)
+    gray = images.decode(str(tmp_path / "wide.png"), size=16, channels=1)
     assert gray.shape == (16, 16, 1) and abs(int(gray.mean()) - round(0.587 * 255)) <= 2  # green's luma
 
 
@@ -103,8 +108,27 @@ def test_cifar_batches_are_resized_to_the_asked_size(pickle_root):
     np.testing.assert_allclose(raw.train_x.mean((1, 2)), native.train_x.mean((1, 2)), atol=2)
 
 
-def test_an_image_size_too_small_for_the_networks_is_one_sentence(pickle_root, capsys):
+@pytest.mark.parametrize("command", ["fit", "prepare"])
+def test_an_image_size_too_small_for_the_networks_is_one_sentence(command, pickle_root, tmp_path, capsys):
+    where = ["--output", str(tmp_path / "stream")] if command == "prepare" else ["-c", DEFAULT]
     with pytest.raises(SystemExit) as done:
-        cli_main(["fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--data.image_size", "4"])
+        cli_main([command, *where, "--data.data_dir", str(pickle_root), "--data.image_size", "4"])
     assert done.value.code == 2
-    assert "data.image_size=4 is not valid: use 8 or more pixels" in capsys.readouterr().err
+    assert f"data.image_size=4 is not valid: use {MIN_SIDE} or more pixels" in capsys.readouterr().err
+    assert not (tmp_path / "stream").exists()
+
+
+@pytest.mark.parametrize("side", [MIN_SIDE - 1, MAX_SIDE + 1])
+def test_a_checkpoint_or_a_stream_claiming_a_side_no_command_reads_is_refused(side, tmp_path):
+    shape = [3, side, side]
+    with pytest.raises(CifarlitError, match=rf"sides of {MIN_SIDE}\.\.{MAX_SIDE}"):
+        checkpoints.check_data_state({"image_shape": shape}, {"image_shape": shape}, "--ckpt_path x.ckpt")
+    meta = {"format": stream.FORMAT, "version": stream.VERSION, "classes": ["a", "b"], "mean": [0.5] * 3,
+            "std": [0.2] * 3, "shape": shape, "sizes": dict.fromkeys(stream.SPLITS, 4), "val_size": 0.2,
+            "test_size": None, "seed": 42, "split_fingerprint": "0"}  # fmt: skip
+    (tmp_path / stream.META_NAME).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"has sides outside {MIN_SIDE}\.\.{MAX_SIDE}"):
+        stream.read_info(str(tmp_path))
+    meta["shape"] = [3, MIN_SIDE, MIN_SIDE]  # the same file at the smallest side is a stream
+    (tmp_path / stream.META_NAME).write_text(json.dumps(meta))
+    assert stream.read_info(str(tmp_path)).shape == (3, MIN_SIDE, MIN_SIDE)

@@ -30,14 +30,16 @@ def test_every_index_once_per_epoch_in_tensor_batches(batch_size, drop_last):
     assert len(seen) == expected and set(seen) <= set(range(len(ds)))
 
 
-def test_shuffle_is_exactly_torchs_random_sampler_under_the_same_seed():
+# None: a whole permutation (drawn as one tensor); 50 and 250: fewer or more than the 103 images (torch's own order)
+@pytest.mark.parametrize("num_samples", [None, 50, 250])
+def test_shuffle_is_exactly_torchs_random_sampler_under_the_same_seed(num_samples):
     ds = dataset()
     torch.manual_seed(7)
-    theirs = [list(RandomSampler(ds)) for _ in range(3)]  # three epochs
+    theirs = [list(RandomSampler(ds, num_samples=num_samples)) for _ in range(3)]  # three epochs
     torch.manual_seed(7)
-    sampler = TensorBatchSampler(RandomSampler(ds), 16, drop_last=False)
+    sampler = TensorBatchSampler(RandomSampler(ds, num_samples=num_samples), 16, drop_last=False)
     ours = [torch.cat(list(sampler)).tolist() for _ in range(3)]
-    assert ours == theirs
+    assert ours == theirs and len(ours[0]) == (num_samples or len(ds))
     assert ours[0] != ours[1]  # a new order every epoch
 
 

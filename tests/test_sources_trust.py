@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlit.data import sources
+from cifarlit.data import archive as cifar_archive
+from cifarlit.data import cache as decode_cache
+from cifarlit.data import images, sources
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.sources import DataError
 from conftest import write_image_folder, write_unlabelled_folder
@@ -188,7 +190,7 @@ def test_all_unreadable_images_are_named_in_one_error(fresh_folder, tmp_path, mo
     assert code == 2
     line = assert_one_error_line(stderr, f"cannot read 3 image files in {fresh_folder}: ", "data.skip_unreadable=true")
     assert all(f"{name} (UnidentifiedImageError)" in line for name in THREE_DAMAGED)
-    assert not (fresh_folder / sources.CACHE_NAME).exists()  # a refused folder gets no cache
+    assert not (fresh_folder / decode_cache.CACHE_NAME).exists()  # a refused folder gets no cache
 
 
 def test_the_error_names_the_first_five_unreadable_images_and_counts_the_rest(fresh_folder):
@@ -229,8 +231,8 @@ def test_fit_with_skip_unreadable_trains_on_the_rest_and_says_so_once(fresh_fold
 def test_a_cache_built_while_skipping_does_not_skip_without_the_option(fresh_folder, monkeypatch, caplog):
     damage(fresh_folder, *THREE_DAMAGED)
     skipped = sources.load(fresh_folder, skip_unreadable=True)
-    assert (fresh_folder / sources.CACHE_NAME).is_file()
-    monkeypatch.setattr(sources, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
+    assert (fresh_folder / decode_cache.CACHE_NAME).is_file()
+    monkeypatch.setattr(images, "decode", lambda *args: pytest.fail("decoded although the cache is fresh"))
     with pytest.raises(DataError, match=r"cannot read 3 image files in .*data.skip_unreadable=true"):
         sources.load(fresh_folder)
     caplog.clear()
@@ -298,28 +300,28 @@ sources.load(Path(sys.argv[1]))
 
 def test_a_cache_write_killed_half_way_is_neither_read_nor_in_the_way(fresh_folder, folder_root, monkeypatch):
     killed_while(CACHE_WRITE_KILLED, fresh_folder)
-    (partial,) = fresh_folder.glob(f"{sources.CACHE_NAME}.*.tmp")
-    assert partial.stat().st_size > 0 and not (fresh_folder / sources.CACHE_NAME).exists()
+    (partial,) = fresh_folder.glob(f"{decode_cache.CACHE_NAME}.*.tmp")
+    assert partial.stat().st_size > 0 and not (fresh_folder / decode_cache.CACHE_NAME).exists()
     decoded = []
-    decode = sources.decode
-    monkeypatch.setattr(sources, "decode", lambda path, *args: decoded.append(path) or decode(path, *args))
+    decode = images.decode
+    monkeypatch.setattr(images, "decode", lambda path, *args: decoded.append(path) or decode(path, *args))
     raw = sources.load(fresh_folder)
     assert len(decoded) == 160  # decoded again: the half-written file was not taken for a cache
     expected = sources.load(folder_root)
     np.testing.assert_array_equal(raw.train_x, expected.train_x)
     np.testing.assert_array_equal(raw.test_y, expected.test_y)
     assert not partial.exists()  # the killed run's leftover is removed
-    assert (fresh_folder / sources.CACHE_NAME).is_file()
+    assert (fresh_folder / decode_cache.CACHE_NAME).is_file()
 
 
 EXTRACTION_KILLED = """
 import hashlib, os, signal, sys
 from pathlib import Path
-from cifarlit.data import sources
+from cifarlit.data import archive, sources
 
 root = Path(sys.argv[1])
-sources.CIFAR10_MD5 = hashlib.md5((root / sources.ARCHIVE).read_bytes()).hexdigest()  # the fixture's, trusted
-write = sources._write_member
+archive.CIFAR10_MD5 = hashlib.md5((root / archive.ARCHIVE).read_bytes()).hexdigest()  # the fixture's, trusted
+write = archive.write_member
 written = []
 
 def write_two_then_die(source, target):
@@ -328,7 +330,7 @@ def write_two_then_die(source, target):
     if len(written) == 2:  # the folder and two of its files are on disk
         os.kill(os.getpid(), signal.SIGKILL)
 
-sources._write_member = write_two_then_die
+archive.write_member = write_two_then_die
 sources.ensure_available(root, download=False)
 """
 
@@ -336,23 +338,23 @@ sources.ensure_available(root, download=False)
 def write_archive(pickle_root: Path, root: Path) -> Path:
     """``root/cifar-10-python.tar.gz`` holding ``cifar-10-batches-py/``, as CIFAR-10's download does."""
     root.mkdir()
-    with tarfile.open(root / sources.ARCHIVE, "w:gz") as tar:
+    with tarfile.open(root / cifar_archive.ARCHIVE, "w:gz") as tar:
         tar.add(pickle_root / sources.PICKLE_DIR, arcname=sources.PICKLE_DIR)
     return root
 
 
 def trust(archive: Path, monkeypatch) -> None:
     """Take ``archive``'s md5 for the release's, as if it were CIFAR-10's own download."""
-    monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar_archive, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
 
 
 def test_an_extraction_killed_half_way_leaves_no_half_dataset(pickle_root, tmp_path, monkeypatch):
     root = write_archive(pickle_root, tmp_path / "archive")
-    trust(root / sources.ARCHIVE, monkeypatch)
-    elsewhere = root / f"{sources.EXTRACT_PREFIX}another-machine-1"  # maybe still running there: left alone
+    trust(root / cifar_archive.ARCHIVE, monkeypatch)
+    elsewhere = root / f"{cifar_archive.EXTRACT_PREFIX}another-machine-1"  # maybe still running there: left alone
     elsewhere.mkdir()
     killed_while(EXTRACTION_KILLED, root)
-    (partial,) = (p for p in root.glob(f"{sources.EXTRACT_PREFIX}*") if p != elsewhere)
+    (partial,) = (p for p in root.glob(f"{cifar_archive.EXTRACT_PREFIX}*") if p != elsewhere)
     assert len(list(partial.rglob("*"))) == 3  # it did write part of the dataset, ...
     assert sources.detect_format(root) == "archive"  # ... but not where a later run would read it
     dm = CIFAR10DataModule(str(root), download=False)
@@ -368,12 +370,12 @@ def test_an_archive_without_the_batches_folder_leaves_nothing_behind(tmp_path, m
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not CIFAR-10")
     root.mkdir()
-    with tarfile.open(root / sources.ARCHIVE, "w:gz") as tar:
+    with tarfile.open(root / cifar_archive.ARCHIVE, "w:gz") as tar:
         tar.add(tmp_path / "other", arcname="other")
-    trust(root / sources.ARCHIVE, monkeypatch)  # past the md5 check, which would refuse it first
-    with pytest.raises(DataError, match=rf"{sources.ARCHIVE} holds no '{sources.PICKLE_DIR}' folder"):
+    trust(root / cifar_archive.ARCHIVE, monkeypatch)  # past the md5 check, which would refuse it first
+    with pytest.raises(DataError, match=rf"{cifar_archive.ARCHIVE} holds no '{sources.PICKLE_DIR}' folder"):
         sources.ensure_available(root, download=False)
-    assert [p.name for p in root.iterdir()] == [sources.ARCHIVE]
+    assert [p.name for p in root.iterdir()] == [cifar_archive.ARCHIVE]
 
 
 # --- runs started together decode a new folder once -------------------------------------------------------------
@@ -384,18 +386,18 @@ import sys, time
 from pathlib import Path
 import numpy as np
 import torch
-from cifarlit.data import sources
+from cifarlit.data import images, sources
 
 root, out, me, other = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 decoded = []
-decode = sources.decode
+decode = images.decode
 
 def slow_decode(path, *args):
     decoded.append(path)
     time.sleep(0.01)  # the other run starts loading while this one decodes
     return decode(path, *args)
 
-sources.decode = slow_decode
+images.decode = slow_decode
 (out / f"ready-{me}").touch()
 while not (out / f"ready-{other}").exists():  # both load at the same moment
     time.sleep(0.005)
@@ -427,14 +429,14 @@ def test_a_folder_where_the_lock_cannot_be_created_still_loads(fresh_folder, fol
     create = os.open
 
     def read_only_lock(path, flags, *args, **kwargs):
-        if Path(path).name == sources.LOCK_NAME:
+        if Path(path).name == decode_cache.LOCK_NAME:
             raise PermissionError(13, "Read-only file system", str(path))
         return create(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", read_only_lock)
     raw = sources.load(fresh_folder)
     np.testing.assert_array_equal(raw.train_x, sources.load(folder_root).train_x)
-    assert not (fresh_folder / sources.LOCK_NAME).exists()
+    assert not (fresh_folder / decode_cache.LOCK_NAME).exists()
 
 
 # --- long one-time work shows progress -------------------------------------------------------------------------
@@ -443,7 +445,7 @@ def test_a_folder_where_the_lock_cannot_be_created_still_loads(fresh_folder, fol
 def test_decoding_a_large_folder_shows_counts_on_rank_zero_only(fresh_folder, monkeypatch, capsys):
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    monkeypatch.setattr(sources, "PROGRESS_FROM", 100)  # the fixture's 120 training images count as large
+    monkeypatch.setattr(images, "PROGRESS_FROM", 100)  # the fixture's 120 training images count as large
     sources.load(fresh_folder, cache=False)
     err = capsys.readouterr().err
     assert "decoding images" in err and "/120 [" in err  # a bar with counts of the total (and rate, time left)
@@ -451,6 +453,6 @@ def test_decoding_a_large_folder_shows_counts_on_rank_zero_only(fresh_folder, mo
     sources.load(fresh_folder, cache=False)
     assert "decoding images" not in capsys.readouterr().err
     monkeypatch.setattr(rank_zero_only, "rank", 0)
-    monkeypatch.setattr(sources, "PROGRESS_FROM", 1000)  # a small folder: done before a bar would help
+    monkeypatch.setattr(images, "PROGRESS_FROM", 1000)  # a small folder: done before a bar would help
     sources.load(fresh_folder, cache=False)
     assert "decoding images" not in capsys.readouterr().err

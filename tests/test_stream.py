@@ -7,9 +7,11 @@ finish is never trusted.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -23,10 +25,10 @@ import torch
 
 from cifarlit.cli import cli_main
 from cifarlit.commands import prepare as prepare_module
-from cifarlit.data import stream
-from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data import litdata_adapter, stream, stream_loader
+from cifarlit.data.datamodule import CIFAR10DataModule, StreamDataModule
 from cifarlit.data.sources import DataError
-from conftest import write_image_folder
+from conftest import write_image_folder, write_unlabelled_folder
 from helpers import SeenImages, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +112,7 @@ def test_fit_validate_test_and_predict_from_a_stream(pickle_stream, pickle_root,
     monkeypatch.chdir(tmp_path)
     cli = run_cli("fit", "-c", DEFAULT, "--data.stream", str(pickle_stream), "--trainer.max_epochs", "2",
                   "--data.batch_size", "16")  # fmt: skip
+    assert type(cli.datamodule) is StreamDataModule  # data.stream picked it, from the same `data:` options
     run = Path(cli.trainer.log_dir)
     info = json.loads((run / "run_info.json").read_text())
     assert (info["train_size"], info["val_size"], info["test_size"]) == (160, 40, 50)
@@ -129,6 +132,23 @@ def test_fit_validate_test_and_predict_from_a_stream(pickle_stream, pickle_root,
     from_stream = predict("--data.stream", str(pickle_stream))
     assert len(from_stream.splitlines()) == 1 + 50  # a header, then the test split
     assert from_stream == predict("--data.data_dir", str(pickle_root))  # same ids, same images, same numbers
+    # the in-memory DataModule reads the stream-trained checkpoint's statistics: new images need no data at all
+    folder = tmp_path / "new"
+    write_unlabelled_folder(folder)
+    assert len(predict("--data.predict_dir", str(folder)).splitlines()) == 1 + 9
+
+
+def test_data_stream_picks_the_streamed_datamodule_which_copies_and_pickles_as_itself(pickle_stream):
+    dm = CIFAR10DataModule(stream=str(pickle_stream), batch_size=16)
+    assert type(dm) is StreamDataModule and isinstance(dm, CIFAR10DataModule)
+    assert type(CIFAR10DataModule(data_dir="elsewhere")) is CIFAR10DataModule
+    # filed in checkpoints under the in-memory DataModule's name, so either reads the other's state
+    assert type(dm).__qualname__ == CIFAR10DataModule.__qualname__ == "CIFAR10DataModule"
+    for again in (copy.deepcopy(dm), pickle.loads(pickle.dumps(dm))):
+        assert type(again) is StreamDataModule and again.hparams.batch_size == 16
+        assert again.classes == dm.classes
+    with pytest.raises(DataError, match="data.keep_classes=.* cannot be used with data.stream"):
+        CIFAR10DataModule(stream=str(pickle_stream), keep_classes=["cat", "dog"])
 
 
 def test_the_training_order_follows_the_seed_and_the_epoch_and_survives_a_resume(pickle_stream, tmp_path, monkeypatch):
@@ -164,7 +184,8 @@ def ranks_read(stream_dir: Path, world: int, split: str, batch_size: int, worker
             env.setenv("WORLD_SIZE", str(world))
             env.setenv("GLOBAL_RANK", str(rank))
             dataset = stream.open_split(str(stream_dir), split, info, shuffle=split == "train", seed=7)
-            per_rank.append([digests(x) for x, _ in stream.loader(dataset, info.shape, batch_size, workers, False)])
+            loader = stream_loader.loader(dataset, info.shape, batch_size, workers, False)
+            per_rank.append([digests(x) for x, _ in loader])
     return per_rank
 
 
@@ -188,9 +209,7 @@ def test_processes_share_every_test_image_once_in_order(world, pickle_stream):
 
 
 def test_a_stream_in_object_storage_reads_the_same(pickle_stream, tmp_path, monkeypatch):
-    from litdata.utilities import dataset_utilities
-
-    monkeypatch.setattr(dataset_utilities, "_LITDATA_CACHE_DIR", str(tmp_path / "cache"))  # where chunks land
+    monkeypatch.setattr(*litdata_adapter.CACHE_DIR_SETTING, str(tmp_path / "cache"))  # where chunks land
     url = f"local:{pickle_stream}"  # LitData's object-store path, served from a local folder
     remote, local = CIFAR10DataModule(stream=url), CIFAR10DataModule(stream=str(pickle_stream))
     for dm in (remote, local):

@@ -14,6 +14,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must ne
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
+from cifarlit.data.shapes import check_image_shape  # noqa: E402
 from cifarlit.models import transfer  # noqa: E402
 from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
 from cifarlit.training import runs
@@ -121,17 +122,6 @@ def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI
         trainer_defaults={"callbacks": callbacks} if callbacks else None,  # added to the config's callbacks
         args=args,
     )
-
-
-def check_image_shape(state: dict, data, ckpt: str) -> None:
-    """Refuse to test or resume a checkpoint on images of another shape than it was trained on."""
-    trained = (state.get(CIFAR10DataModule.__qualname__) or {}).get("image_shape")
-    wanted = [data.get("channels", 3), data.get("image_size", 32), data.get("image_size", 32)]
-    if trained is not None and list(trained) != wanted:
-        raise CifarlitError(
-            f"--ckpt_path {ckpt} was trained on images of shape {list(trained)} (channels, height, width), but "
-            f"data.image_size/data.channels give {wanted}: set them as in training."
-        )
 
 
 # Trainer options whose invalid values Lightning reports as a traceback (or a division by zero, or not at all):

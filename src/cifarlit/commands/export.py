@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cifarlit.data.datamodule import CIFAR10DataModule, normalizer
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.split import normalizer
 from cifarlit.utils import checkpoints
 from cifarlit.utils.errors import CifarlitError, report
 from cifarlit.utils.files import atomic_path, check_output

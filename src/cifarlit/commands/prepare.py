@@ -38,15 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarlit.data import sources, stream
-from cifarlit.data.datamodule import (
-    CIFAR10DataModule,
-    _check_split_size,
-    _count_or_fraction,
-    _stratified_split,
-    split_fingerprint,
-)
-from cifarlit.data.sources import DataError
+from cifarlit.data import DataError, images, pickles, shapes, sources, split, stream
+from cifarlit.data.datamodule import CIFAR10DataModule
+from cifarlit.data.stream_loader import collate
 from cifarlit.utils import files
 from cifarlit.utils.errors import CifarlitError, report
 
@@ -76,22 +70,22 @@ class Listing:
     test_batch: str = ""
 
 
-def list_dataset(root: Path, size: int = sources.CIFAR_SIZE, channels: int = 3) -> Listing:
+def list_dataset(root: Path, size: int = images.CIFAR_SIZE, channels: int = 3) -> Listing:
     """Classes, labels and file fingerprint of an image folder or CIFAR-10's pickle batches, as the in-memory path
     sees them at ``size`` x ``size`` and ``channels`` (tests/test_stream.py checks that both give the same
     split)."""
     # only a batch of images is ever in memory here (_train_stats'), but it must fit
     sources.check_memory(STATS_BATCH, size, channels, 2, "one batch of the statistics pass", hint="")
     if sources.detect_format(root) == "pickle":
-        folder = root / sources.PICKLE_DIR
-        return _list_pickle(folder, sources.pickle_classes(folder), size, channels)
-    listing = sources.list_image_folder(root)
+        folder = root / pickles.PICKLE_DIR
+        return _list_pickle(folder, pickles.pickle_classes(folder), size, channels)
+    listing = images.list_image_folder(root)
     train, test = listing.splits["train"], listing.splits.get("test")
     return Listing(
         classes=listing.classes,
         fingerprint=listing.fingerprint(size, channels),  # as sources.load_image_folder
-        train_labels=np.array([item[1] for item in train], dtype=np.int64),
-        test_labels=None if test is None else np.array([item[1] for item in test], dtype=np.int64),
+        train_labels=listing.labels("train"),
+        test_labels=None if test is None else listing.labels("test"),
         shape=(channels, size, size),
         source="folder",
         train_paths=[item[0] for item in train],
@@ -100,23 +94,18 @@ def list_dataset(root: Path, size: int = sources.CIFAR_SIZE, channels: int = 3) 
 
 
 def _list_pickle(folder: Path, classes: tuple[str, ...], size: int, channels: int) -> Listing:
-    files = sorted(folder.glob("data_batch_*"))
-    if not files or not os.path.lexists(folder / "test_batch"):
-        raise DataError(f"{folder} must contain data_batch_1..5 and test_batch; extract or download CIFAR-10 again.")
+    files = pickles.batch_files(folder)
     labels, batches, start = [], [], 0
     for path in files:  # one batch file in memory at a time, for its labels
-        y = sources._read_batch(path, classes)[1]
+        y = pickles.read_batch(path, classes)[1]
         labels.append(y)
         batches.append((str(path), start))
         start += len(y)
-    test_labels = sources._read_batch(folder / "test_batch", classes)[1]
-    sources._check_every_class_trained(np.concatenate(labels), classes, folder)
-    fingerprint = sources.pickle_fingerprint(folder, files)  # as sources.load_pickle_batches, and resize_raw
-    if (size, channels) != (sources.CIFAR_SIZE, 3):
-        fingerprint = f"{fingerprint}-{channels}x{size}"
+    test_labels = pickles.read_batch(folder / "test_batch", classes)[1]
+    pickles.check_every_class_trained(np.concatenate(labels), classes, folder)
     return Listing(
         classes=classes,
-        fingerprint=fingerprint,
+        fingerprint=sources.sized_fingerprint(pickles.pickle_fingerprint(folder, files), size, channels),
         train_labels=np.concatenate(labels),
         test_labels=test_labels,
         shape=(channels, size, size),
@@ -124,22 +113,6 @@ def _list_pickle(folder: Path, classes: tuple[str, ...], size: int, channels: in
         batches=batches,
         test_batch=str(folder / "test_batch"),
     )
-
-
-def split_positions(labels: np.ndarray, carve_test: bool, val_size, test_size, seed: int, where: Path) -> tuple:
-    """``(train, val, test or None)`` positions in ``labels``: the steps of ``CIFAR10DataModule.setup``."""
-    min_per_class = np.bincount(labels).min() if len(labels) else 0
-    if min_per_class < (3 if carve_test else 2):
-        raise DataError(
-            f"the training set in {where} has a class with {min_per_class} image(s); a stratified "
-            f"train/val{'/test' if carve_test else ''} split needs at least {3 if carve_test else 2} per class."
-        )
-    pool, test_idx = np.arange(len(labels)), None
-    if carve_test:
-        keep, held = _stratified_split(labels, test_size, seed, "data.test_size")
-        pool, test_idx = pool[keep], pool[held]
-    keep, held = _stratified_split(labels[pool], val_size, seed, "data.val_size")
-    return pool[keep], pool[held], test_idx
 
 
 class _Reader:
@@ -154,7 +127,7 @@ class _Reader:
     def __call__(self, job: int):
         path, what = self.jobs[job]
         if isinstance(what, list):  # a pickle batch: [(position in the file, label), ...]
-            x = sources._read_batch(Path(path))[0][[position for position, _ in what]]  # (n, 32, 32, 3)
+            x = pickles.read_batch(Path(path))[0][[position for position, _ in what]]  # (n, 32, 32, 3)
             if x.shape[1:] != (self.size, self.size, self.channels):
                 # one torch thread, as in DataLoader workers: a forked child inherits a dead OpenMP pool and hangs
                 torch.set_num_threads(1)
@@ -163,7 +136,7 @@ class _Reader:
                 yield np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes(), label
             return
         try:
-            image = sources.decode(path, self.size, self.channels)
+            image = images.decode(path, self.size, self.channels)
         except Exception as err:  # PIL raises several types for damaged files
             with open(os.path.join(self.unreadable_dir, f"{os.getpid()}.txt"), "a") as f:
                 # one JSON line: a name may hold tabs, newlines or bytes that are not UTF-8 (as \udcXX escapes)
@@ -209,35 +182,25 @@ def _write(jobs: list[tuple], out: Path, num_workers: int, chunk_bytes: str, sha
 
 
 def _train_stats(train_dir: Path, shape: tuple[int, int, int]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0-1 scale) of the written training split, exact, as ``data.channel_stats``: one
-    256-bin histogram per channel, a batch at a time."""
+    """Per-channel mean and std (0-1 scale) of the written training split, exact, as the in-memory split's
+    (``split.channel_stats``), a batch at a time."""
     import functools
 
     from litdata import StreamingDataLoader, StreamingDataset
 
     loader = StreamingDataLoader(
-        StreamingDataset(str(train_dir)),
-        batch_size=STATS_BATCH,
-        collate_fn=functools.partial(stream.collate, shape=shape),
+        StreamingDataset(str(train_dir)), batch_size=STATS_BATCH, collate_fn=functools.partial(collate, shape=shape)
     )
     hist = torch.zeros(shape[0], 256, dtype=torch.int64)
     for x, _ in loader:
-        for c in range(shape[0]):
-            hist[c] += torch.bincount(x[:, c].reshape(-1), minlength=256)
-    levels = torch.arange(256, dtype=torch.float64) / 255
-    p = hist.double() / hist.sum(1, keepdim=True)
-    mean = (p * levels).sum(1)
-    std = (p * (levels - mean[:, None]) ** 2).sum(1).sqrt().clamp_min(1e-3)  # 1e-3 as in data.channel_stats
-    return mean.float().tolist(), std.float().tolist()
+        hist += split.histograms(x)
+    mean, std = split.stats_from_histograms(hist)
+    return mean.tolist(), std.tolist()
 
 
 def _remove_leftovers(output: Path) -> None:
     """The partial (and replaced) streams of prepares on this machine that were killed while writing ``output``."""
-    for kind in (PARTIAL, OLD):
-        prefix = f".{output.name}.{kind}"
-        for entry in output.parent.glob(f"{prefix}*"):
-            if entry.is_dir() and not entry.is_symlink() and files.left_by_dead_process(entry.name[len(prefix) :]):
-                shutil.rmtree(entry, ignore_errors=True)
+    sources.remove_leftovers(output.parent, (f".{output.name}.{PARTIAL}", ""), (f".{output.name}.{OLD}", ""))
 
 
 def _up_to_date(output: Path, fingerprint: str, repeat: int) -> bool:
@@ -297,15 +260,10 @@ def _check_replaceable(output: Path, overwrite: bool) -> None:
         )
 
 
-def prepare(
-    data_dir: Path, output: Path, val_size=0.2, test_size=0.2, seed: int = 42, download: bool = True,
-    num_workers: int = 1, chunk_bytes: str = CHUNK_BYTES, repeat: int = 1, overwrite: bool = False,
-    image_size: int = sources.CIFAR_SIZE, channels: int = 3,
-) -> Path:  # fmt: skip
-    """Write ``data_dir``'s train/val/test split as a stream in ``output`` (see the module docstring)."""
-    val_size, test_size = _count_or_fraction(val_size), _count_or_fraction(test_size)
-    _check_split_size(val_size, "data.val_size")
-    _check_split_size(test_size, "data.test_size")
+def _check_options(output: Path, val_size, test_size, repeat: int, image_size: int, channels: int) -> None:
+    """Refuse what prepare cannot write, before anything is read."""
+    split.check_split_size(val_size, "data.val_size")
+    split.check_split_size(test_size, "data.test_size")
     if stream.is_url(str(output)):
         raise DataError(
             f"--output {output}: prepare writes a local folder; copy it to object storage afterwards (its "
@@ -313,11 +271,32 @@ def prepare(
         )
     if repeat < 1:
         raise DataError(f"--repeat {repeat} is not valid: use 1 or more copies of the training split.")
-    if image_size < 1 or channels not in (1, 3):
-        raise DataError(
-            f"data.image_size={image_size} / data.channels={channels} is not valid: use a size of 1 or more and 1 "
-            "(gray) or 3 (RGB) channels."
-        )
+    shapes.check_image_size(image_size)
+    if channels not in (1, 3):
+        raise DataError(f"data.channels={channels} is not valid: use 1 (gray) or 3 (RGB).")
+
+
+def _plan(listing: Listing, positions: tuple, seed: int, repeat: int) -> dict[str, list[tuple]]:
+    """The jobs that write each split: the training images in a seeded random order (a new one for each of the
+    ``repeat`` copies, since LitData shuffles only the chunks and blocks within them), val and test in order."""
+    train_idx, val_idx, test_idx = positions
+    rng = np.random.default_rng(seed)
+    train_order = np.concatenate([rng.permutation(train_idx) for _ in range(repeat)])
+    if test_idx is None:  # the dataset's own test set, all of it
+        test = _jobs(listing, np.arange(len(listing.test_labels)), test=True)
+    else:
+        test = _jobs(listing, test_idx)
+    return {"train": _jobs(listing, train_order), "val": _jobs(listing, val_idx), "test": test}
+
+
+def prepare(
+    data_dir: Path, output: Path, val_size=0.2, test_size=0.2, seed: int = 42, download: bool = True,
+    num_workers: int = 1, chunk_bytes: str = CHUNK_BYTES, repeat: int = 1, overwrite: bool = False,
+    image_size: int = images.CIFAR_SIZE, channels: int = 3,
+) -> Path:  # fmt: skip
+    """Write ``data_dir``'s train/val/test split as a stream in ``output`` (see the module docstring)."""
+    val_size, test_size = split.count_or_fraction(val_size), split.count_or_fraction(test_size)
+    _check_options(output, val_size, test_size, repeat, image_size, channels)
     output = output.expanduser().absolute()
     _refuse_inside(output, data_dir)  # before the dataset is downloaded into data_dir
     if output.exists() and not output.is_symlink():  # a file or another folder: refused before any work
@@ -325,9 +304,8 @@ def prepare(
     sources.ensure_available(data_dir, download)
     listing = list_dataset(data_dir, image_size, channels)
     carve_test = listing.test_labels is None
-    positions = split_positions(listing.train_labels, carve_test, val_size, test_size, seed, data_dir)
-    train_idx, val_idx, test_idx = positions
-    fingerprint = split_fingerprint(train_idx, val_idx, listing.fingerprint, test_idx)
+    positions = split.split_positions(listing.train_labels, carve_test, val_size, test_size, seed, data_dir)
+    fingerprint = split.split_fingerprint(*positions[:2], listing.fingerprint, positions[2])
     if output.exists() or output.is_symlink():
         if _up_to_date(output, fingerprint, repeat) and not overwrite:
             print(f"prepare: {output} already holds this split ({fingerprint}); nothing to do.")
@@ -343,14 +321,7 @@ def prepare(
             f"--output {output} cannot be written ({err.strerror or err.__class__.__name__}): pass a folder in a "
             "place you can write to."
         ) from None
-    rng = np.random.default_rng(seed)
-    # the training images in a random order (a new one for each copy): LitData shuffles chunks and within them
-    train_order = np.concatenate([rng.permutation(train_idx) for _ in range(repeat)])
-    plan = {
-        "train": _jobs(listing, train_order),
-        "val": _jobs(listing, val_idx),
-        "test": _jobs(listing, test_idx) if carve_test else _jobs(listing, np.arange(len(listing.test_labels)), True),
-    }
+    plan = _plan(listing, positions, seed, repeat)
     sizes = {name: sum(len(what) if isinstance(what, list) else 1 for _, what in jobs) for name, jobs in plan.items()}
     try:
         for name, jobs in plan.items():
@@ -378,7 +349,7 @@ def _refuse_unreadable(folder: Path, data_dir: Path) -> None:
     rel = len(str(data_dir)) + 1
     unreadable = sorted((path[rel:] if path.startswith(str(data_dir)) else path, why) for path, why in found)
     if unreadable:
-        sources._report_unreadable(unreadable, str(data_dir), skip=False)  # raises, naming them
+        images.report_unreadable(unreadable, str(data_dir), skip=False)  # raises, naming them
 
 
 def _publish(partial: Path, output: Path) -> None:

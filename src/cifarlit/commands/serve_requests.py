@@ -2,7 +2,7 @@
 
 :class:`ImageGate` reads each ``POST /predict`` in the HTTP server's process, before LitServe queues it: the body
 (at most :data:`MAX_BODY` bytes), its image (multipart field ``image``, or JSON ``{"image": "<base64>"}``) and
-the pixels, decoded by :func:`cifarlit.data.sources.decode` as ``cifarlit predict`` decodes a file, at the size and
+the pixels, decoded by :func:`cifarlit.data.images.decode` as ``cifarlit predict`` decodes a file, at the size and
 channels the model was trained on. Only what passed all of that reaches the model's worker, as the pixels
 alone (:func:`pixels`). LitServe answers a batch as one: a bad image decoded in the worker would fail every
 request batched with it. Decoding here also runs beside the worker's forward passes, not before them.
@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cifarlit.data import sources
+from cifarlit.data import images
 
 MAX_BODY = 20 * 2**20  # bytes: a 12-megapixel JPEG, base64-encoded, fits; the model reads 32x32 of it anyway
 FIELD = "image"
@@ -155,16 +155,16 @@ def _from_json(body: bytes) -> bytes:
 
 
 def decode(data: bytes, size: int, channels: int) -> np.ndarray:
-    """The image as uint8 ``(size, size, channels)``, read by :func:`cifarlit.data.sources.decode` (as ``cifarlit
+    """The image as uint8 ``(size, size, channels)``, read by :func:`cifarlit.data.images.decode` (as ``cifarlit
     predict`` reads a file), or the 400 that says why it cannot be."""
     try:
-        return sources.decode(io.BytesIO(data), size, channels)
+        return images.decode(io.BytesIO(data), size, channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadRequest(400, f"the image declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, too many to decode "
                          f"safely (a decompression bomb?); send it resized, the model reads it at {size}x{size} "
                          "anyway.") from None  # fmt: skip
     except Image.UnidentifiedImageError:
-        kinds = ", ".join(ext.lstrip(".").upper() for ext in sources.IMAGE_EXTENSIONS)
+        kinds = ", ".join(ext.lstrip(".").upper() for ext in images.IMAGE_EXTENSIONS)
         raise BadRequest(400, f"the file sent is not an image cifarlit reads ({kinds}); {HOW}.") from None
     except Exception as err:  # Pillow raises several types for damaged files
         raise BadRequest(400, f"the image cannot be decoded ({err.__class__.__name__}); it may be truncated or "

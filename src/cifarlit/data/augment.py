@@ -1,20 +1,18 @@
-"""Training-set augmentation: batched tensor ops on the training device (fast default) or albumentations.
+"""Training-set augmentation: small batch functions on the training device, each with its albumentations twin.
 
-Two presets, each in both backends:
-
-- ``course``: the lecture's pipeline, RandomCrop(24, 24) -> Resize(32, 32) -> HorizontalFlip ->
-  OneOf(ToGray p=0.2, RGBShift p=0.3) (OneOf itself p=0.5, so 20% of images turn gray, 30% get shifted).
-- ``crop_flip``: zero-pad 4 pixels, random 32x32 crop, horizontal flip (the usual CIFAR recipe).
-- ``flip``: horizontal flip only: the one change that keeps every pixel where an MLP expects it.
-
-The ``batched`` backend draws per-image random parameters and applies crop, resize and flip as one
-``grid_sample`` call on the whole batch, on the training device: a per-sample pipeline costs several times an MLP's
-own compute per image (benchmarks/README.md, augment_cost). The ``albumentations`` backend runs per sample inside
-DataLoader workers, for users who want its catalogue.
+An augmentation is one function ``batch_<name>(x, cfg, generator)`` on a float batch ``(B, C, H, W)`` in [0, 1],
+drawing its random parameters for the whole batch at once, registered with the albumentations transforms that
+do the same to one image (:func:`albumentations_twin`). A preset (:data:`PRESETS`) is a list of them; the
+``batched`` backend (:class:`BatchAugment`) applies the list to whole batches on the training device, and the
+``albumentations`` backend builds its ``Compose`` from the same list and runs it per image in DataLoader workers,
+for users who want its catalogue. Per image, on the CPU, the same pipeline costs several times an MLP's own
+compute (benchmarks/README.md, augment_cost). MixUp and CutMix (:class:`BatchMix`) mix whole batches after
+either backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,9 +21,91 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Preset = Literal["none", "course", "crop_flip", "flip"]
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, what albumentations' ToGray uses
 RGB_SHIFT = 20 / 255  # albumentations' RGBShift default: each channel moved by up to +-20 of 255
+Twin = Callable[..., list]  # (albumentations module, cfg, size, channels) -> its transforms of one image
+
+
+def albumentations_twin(twin: Twin):
+    """Register a batch augmentation with ``twin``, the albumentations transforms that do the same to one uint8
+    ``(size, size, channels)`` image (called with the ``albumentations`` module, the config, size, channels)."""
+
+    def register(augmentation):
+        augmentation.albumentations = twin
+        return augmentation
+
+    return register
+
+
+def draw(x: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` uniform random numbers per image of the batch ``x``, ``(B, count)`` on its device, in one call:
+    a small op costs mostly its fixed overhead (benchmarks/tricks.py)."""
+    return torch.rand(len(x), count, device=x.device, generator=generator)
+
+
+@albumentations_twin(lambda A, cfg, size, channels: [A.HorizontalFlip()])
+def batch_flip_lr(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror a random half of the images left to right."""
+    return select_apply(x, draw(x, 1, generator)[:, 0] < 0.5, lambda im: im.flip(-1))
+
+
+def _pad_and_crop(A, cfg: AugmentConfig, size: int, channels: int) -> list:
+    import cv2
+
+    padded = size + 2 * cfg.pad
+    return [A.PadIfNeeded(padded, padded, border_mode=cv2.BORDER_CONSTANT, fill=0), A.RandomCrop(size, size)]
+
+
+@albumentations_twin(_pad_and_crop)
+def batch_crop(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pad ``cfg.pad`` pixels of zeros around each image and cut a random window of its size: a whole-pixel shift
+    of up to ``cfg.pad`` each way."""
+    _, _, h, w = x.shape
+    shift = torch.floor(draw(x, 2, generator) * (2 * cfg.pad + 1)) - cfg.pad  # (dy, dx) per image
+    return _resample(x, 1.0, 1.0, shift[:, 1] * 2 / w, shift[:, 0] * 2 / h, "nearest")
+
+
+@albumentations_twin(
+    lambda A, cfg, size, channels: [A.RandomCrop(cfg.crop_pixels(size), cfg.crop_pixels(size)), A.Resize(size, size)]
+)
+def batch_crop_resize(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cut a random ``cfg.crop`` window at a whole-pixel offset and stretch it back to the image size (bilinear,
+    as OpenCV's resize)."""
+    _, _, h, w = x.shape
+    ch, cw = cfg.crop_pixels(h), cfg.crop_pixels(w)
+    u = draw(x, 2, generator)
+    oy, ox = torch.floor(u[:, 0] * (h - ch + 1)), torch.floor(u[:, 1] * (w - cw + 1))
+    # the crop's scale and centre, in grid_sample's [-1, 1] coordinates
+    return _resample(x, cw / w, ch / h, (2 * ox + cw) / w - 1, (2 * oy + ch) / h - 1, "bilinear")
+
+
+@albumentations_twin(
+    lambda A, cfg, size, channels: [A.OneOf([A.ToGray(p=0.2), A.RGBShift(p=0.3)])] if channels == 3 else []
+)
+def batch_gray_or_shift(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """OneOf(ToGray p=0.2, RGBShift p=0.3) at p=0.5: one of the two, picked by weight 0.2 : 0.3, on half of the
+    images (20% turn gray, 30% get each channel moved by up to ``RGB_SHIFT``); for RGB images only."""
+    if x.shape[1] != 3:
+        return x
+    r = draw(x, 4, generator)
+    u, offsets = r[:, 0], (r[:, 1:] * 2 - 1).mul_(RGB_SHIFT).view(-1, 3, 1, 1)
+
+    def gray(im: torch.Tensor) -> torch.Tensor:
+        luma = im[:, 0] * GRAY_WEIGHTS[0] + im[:, 1] * GRAY_WEIGHTS[1] + im[:, 2] * GRAY_WEIGHTS[2]
+        return luma.unsqueeze(1).expand(-1, 3, -1, -1)
+
+    x = select_apply(x, u < 0.5 * 0.4, gray)
+    return select_apply(x, (u >= 0.5 * 0.4) & (u < 0.5), lambda im, off: im.add(off).clamp_(0, 1), offsets)
+
+
+PRESETS = {
+    "none": [],
+    # the lecture's pipeline: RandomCrop(24, 24) -> Resize(32, 32) -> HorizontalFlip -> OneOf(ToGray, RGBShift)
+    "course": [batch_crop_resize, batch_flip_lr, batch_gray_or_shift],
+    "crop_flip": [batch_crop, batch_flip_lr],  # the usual CIFAR recipe: pad 4, random crop, flip
+    "flip": [batch_flip_lr],  # the one change that keeps every pixel where an MLP expects it
+}
+Preset = Literal[tuple(PRESETS)]  # the config accepts every preset's name
 
 
 @dataclass
@@ -33,9 +113,9 @@ class AugmentConfig:
     """Augmentation of the training split (val and test are never augmented).
 
     Args:
-        preset: ``none``, ``course`` (crop 3/4 -> resize back -> flip -> gray / RGB shift), ``crop_flip``
-            (pad 4 + random crop of the image size + flip) or ``flip`` (horizontal flip only). The colour
-            changes of ``course`` apply to RGB images only.
+        preset: a list of augmentations by name (``cifarlit.data.augment.PRESETS``): ``none``, ``course``
+            (crop 3/4 -> resize back -> flip -> gray / RGB shift, the colour changes for RGB images only),
+            ``crop_flip`` (pad + random crop of the image size + flip) or ``flip`` (horizontal flip only).
         backend: ``batched`` (tensor ops on the training device, the fast default) or ``albumentations``
             (per sample, in DataLoader workers).
         pad: padding in pixels for ``crop_flip``.
@@ -59,6 +139,85 @@ class AugmentConfig:
         """The side of the ``course`` crop for images of ``size`` pixels."""
         pixels = round(self.crop * size) if isinstance(self.crop, float) and self.crop <= 1 else int(self.crop)
         return max(1, min(pixels, size))
+
+
+def _resample(x: torch.Tensor, sx: float, sy: float, tx: torch.Tensor, ty: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each image sampled at ``(tx + sx * u, ty + sy * v)`` of grid_sample's [-1, 1] coordinates (zeros outside).
+
+    The map is separable (a scale and a shift per axis), so the sampling grid is built from two small ``(B, W)``
+    and ``(B, H)`` coordinate rows rather than by ``F.affine_grid``'s batched matmul (benchmarks/tricks.py).
+    """
+    b, _, h, w = x.shape
+    base_x = torch.linspace(1 / w - 1, 1 - 1 / w, w, device=x.device, dtype=x.dtype)  # pixel centres
+    base_y = torch.linspace(1 / h - 1, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
+    gx = (tx[:, None] + sx * base_x)[:, None, :].expand(b, h, w)
+    gy = (ty[:, None] + sy * base_y)[:, :, None].expand(b, h, w)
+    return F.grid_sample(x, torch.stack((gx, gy), -1), mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def select_apply(
+    x: torch.Tensor, chosen: torch.Tensor, fn, *params: torch.Tensor, by_index: bool | None = None
+) -> torch.Tensor:
+    """``fn(images, *params)`` on the images where the ``(B,)`` mask ``chosen`` is true; the others unchanged.
+
+    On the CPU (``by_index``) only the chosen images are gathered and written back (``index_select`` /
+    ``index_copy_``), which is cheaper there than whole-batch selects (benchmarks/tricks.py). On a GPU the
+    whole batch goes through ``torch.where`` instead, since finding the chosen indices (``nonzero``) would make
+    the host wait for the GPU at every step. Both give the same images. ``x`` may be modified in place.
+    """
+    if by_index is None:
+        by_index = x.device.type == "cpu"
+    if not by_index:
+        return torch.where(chosen.view(-1, *[1] * (x.dim() - 1)), fn(x, *params), x)
+    idx = torch.nonzero(chosen).flatten()
+    if len(idx):
+        x.index_copy_(0, idx, fn(x.index_select(0, idx), *(p.index_select(0, idx) for p in params)))
+    return x
+
+
+class BatchAugment(nn.Module):
+    """Augment a float batch ``(B, C, H, W)`` in [0, 1] by the preset's augmentations, in order, with independent
+    random parameters per image. The input may be modified in place (the caller passes a fresh float copy of the
+    uint8 batch)."""
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.augmentations = PRESETS[cfg.preset]
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for augmentation in self.augmentations:
+            x = augmentation(x, self.cfg, generator)
+        return x
+
+
+def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None = None, channels: int = 3):
+    """The preset as an albumentations ``Compose`` of its augmentations' twins, for one ``(size, size, channels)``
+    uint8 image."""
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home for a version check
+    import albumentations as A
+
+    transforms = [
+        t for augmentation in PRESETS[cfg.preset] for t in augmentation.albumentations(A, cfg, size, channels)
+    ]
+    return A.Compose(transforms, seed=seed)
+
+
+class AlbumentationsBatch:
+    """Apply an albumentations pipeline image by image to a uint8 batch ``(B, C, H, W)``."""
+
+    def __init__(self, cfg: AugmentConfig, seed: int, shape: tuple[int, int, int] = (3, 32, 32)) -> None:
+        self.pipeline = albumentations_pipeline(cfg, size=shape[1], seed=seed, channels=shape[0])
+
+    def reseed(self, seed: int) -> None:
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        images = x.permute(0, 2, 3, 1).numpy()  # (B, C, H, W) -> (B, H, W, C), what OpenCV expects
+        out = np.stack([self.pipeline(image=np.ascontiguousarray(im))["image"] for im in images])
+        return torch.from_numpy(out.reshape(images.shape)).permute(0, 3, 1, 2).contiguous()
 
 
 class BatchMix:
@@ -101,125 +260,3 @@ class BatchMix:
             lam = 1 - cut_h * cut_w / (h * w)  # the share of the image that is still its own
         target = F.one_hot(y, self.num_classes).to(x.dtype)
         return x, torch.lerp(target.index_select(0, perm), target, lam)  # lam * own + (1 - lam) * other
-
-
-class BatchAugment(nn.Module):
-    """Augment a float batch ``(B, 3, H, W)`` in [0, 1] with independent random parameters per image.
-
-    The input may be modified in place (the caller passes a fresh float copy of the uint8 batch).
-    """
-
-    def __init__(self, cfg: AugmentConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.cfg.preset == "none":
-            return x
-        b, _, h, w = x.shape
-        # Every random number of the batch in one draw, since a small op costs mostly its fixed overhead
-        # (benchmarks/tricks.py): per image, flip, y offset, x offset, the colour choice and three RGB shifts.
-        r = torch.rand(b, 7, device=x.device, generator=generator)
-        if self.cfg.preset == "flip":  # no resampling needed: mirror the chosen half
-            return select_apply(x, r[:, 0] < 0.5, lambda im: im.flip(-1))
-        flip = torch.where(r[:, 0] < 0.5, -1.0, 1.0)
-        if self.cfg.preset == "course":
-            # Crop `crop` pixels at an integer offset, stretched back to (h, w): scale crop/size, shift to the
-            # crop's centre, both in grid_sample's [-1, 1] coordinates (align_corners=False = OpenCV's resize).
-            ch, cw = self.cfg.crop_pixels(h), self.cfg.crop_pixels(w)
-            oy = torch.floor(r[:, 1] * (h - ch + 1))
-            ox = torch.floor(r[:, 2] * (w - cw + 1))
-            sx, sy = flip * (cw / w), ch / h
-            tx, ty = (2 * ox + cw) / w - 1, (2 * oy + ch) / h - 1
-            mode = "bilinear"
-        else:  # crop_flip: a whole-pixel shift within `pad` pixels of zero padding
-            p = self.cfg.pad
-            tx = (torch.floor(r[:, 2] * (2 * p + 1)) - p) * 2 / w
-            ty = (torch.floor(r[:, 1] * (2 * p + 1)) - p) * 2 / h
-            sx, sy = flip, 1.0
-            mode = "nearest"
-        # The map is separable (scale + shift per axis), so the sampling grid is built from two small
-        # (B, W) and (B, H) coordinate rows rather than by F.affine_grid's batched matmul (benchmarks/tricks.py).
-        base_x = torch.linspace(1 / w - 1, 1 - 1 / w, w, device=x.device, dtype=x.dtype)  # pixel centres
-        base_y = torch.linspace(1 / h - 1, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
-        gx = torch.addcmul(tx[:, None], sx[:, None], base_x)[:, None, :].expand(b, h, w)
-        gy = (ty[:, None] + sy * base_y)[:, :, None].expand(b, h, w)
-        x = F.grid_sample(x, torch.stack((gx, gy), -1), mode=mode, padding_mode="zeros", align_corners=False)
-        if self.cfg.preset == "course" and x.shape[1] == 3:  # the colour changes are for RGB images
-            x = _gray_or_shift(x, r[:, 3], (r[:, 4:7] * 2 - 1).mul_(RGB_SHIFT).view(b, 3, 1, 1))
-        return x
-
-
-def _gray_or_shift(x: torch.Tensor, u: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """OneOf(ToGray p=0.2, RGBShift p=0.3) at p=0.5: pick one by weight 0.2 : 0.3, apply it to half the images.
-
-    ``u`` is one uniform number per image, ``offsets`` its ``(B, 3, 1, 1)`` channel shifts.
-    """
-
-    def gray(im: torch.Tensor) -> torch.Tensor:
-        luma = im[:, 0] * GRAY_WEIGHTS[0] + im[:, 1] * GRAY_WEIGHTS[1] + im[:, 2] * GRAY_WEIGHTS[2]
-        return luma.unsqueeze(1).expand(-1, 3, -1, -1)
-
-    x = select_apply(x, u < 0.5 * 0.4, gray)
-    return select_apply(x, (u >= 0.5 * 0.4) & (u < 0.5), lambda im, off: im.add(off).clamp_(0, 1), offsets)
-
-
-def select_apply(
-    x: torch.Tensor, chosen: torch.Tensor, fn, *params: torch.Tensor, by_index: bool | None = None
-) -> torch.Tensor:
-    """``fn(images, *params)`` on the images where the ``(B,)`` mask ``chosen`` is true; the others unchanged.
-
-    On the CPU (``by_index``) only the chosen images are gathered and written back (``index_select`` /
-    ``index_copy_``), which is cheaper there than whole-batch selects (benchmarks/tricks.py). On a GPU the
-    whole batch goes through ``torch.where`` instead, since finding the chosen indices (``nonzero``) would make
-    the host wait for the GPU at every step. Both give the same images. ``x`` may be modified in place.
-    """
-    if by_index is None:
-        by_index = x.device.type == "cpu"
-    if not by_index:
-        return torch.where(chosen.view(-1, *[1] * (x.dim() - 1)), fn(x, *params), x)
-    idx = torch.nonzero(chosen).flatten()
-    if len(idx):
-        x.index_copy_(0, idx, fn(x.index_select(0, idx), *(p.index_select(0, idx) for p in params)))
-    return x
-
-
-def albumentations_pipeline(cfg: AugmentConfig, size: int = 32, seed: int | None = None, channels: int = 3):
-    """The same presets as an albumentations ``Compose`` working on one ``(size, size, channels)`` uint8 image."""
-    import os
-
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home for a version check
-    import albumentations as A
-    import cv2
-
-    if cfg.preset == "course":
-        crop = cfg.crop_pixels(size)
-        transforms = [A.RandomCrop(crop, crop), A.Resize(size, size), A.HorizontalFlip()]
-        if channels == 3:
-            transforms.append(A.OneOf([A.ToGray(p=0.2), A.RGBShift(p=0.3)]))
-    elif cfg.preset == "crop_flip":
-        transforms = [
-            A.PadIfNeeded(size + 2 * cfg.pad, size + 2 * cfg.pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
-            A.RandomCrop(size, size),
-            A.HorizontalFlip(),
-        ]
-    elif cfg.preset == "flip":
-        transforms = [A.HorizontalFlip()]
-    else:
-        transforms = []
-    return A.Compose(transforms, seed=seed)
-
-
-class AlbumentationsBatch:
-    """Apply an albumentations pipeline image by image to a uint8 batch ``(B, C, H, W)``."""
-
-    def __init__(self, cfg: AugmentConfig, seed: int, shape: tuple[int, int, int] = (3, 32, 32)) -> None:
-        self.pipeline = albumentations_pipeline(cfg, size=shape[1], seed=seed, channels=shape[0])
-
-    def reseed(self, seed: int) -> None:
-        self.pipeline.set_random_seed(seed)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        images = x.permute(0, 2, 3, 1).numpy()  # (B, C, H, W) -> (B, H, W, C), what OpenCV expects
-        out = np.stack([self.pipeline(image=np.ascontiguousarray(im))["image"] for im in images])
-        return torch.from_numpy(out.reshape(images.shape)).permute(0, 3, 1, 2).contiguous()

@@ -27,7 +27,7 @@ def describe(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> dict
         "balanced": bool(len(y)) and max(counts) <= 1.1 * min(counts),
     }
     if len(y):
-        from cifarlit.data.datamodule import channel_stats
+        from cifarlit.data.split import channel_stats
 
         mean, std = channel_stats(x)
         stats["mean"] = [round(v, 4) for v in mean.tolist()]

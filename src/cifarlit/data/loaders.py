@@ -7,10 +7,13 @@ image, no collate, no Python list of ints, and no advanced indexing (``x[idx]``)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sized
 
 import torch
-from torch.utils.data import BatchSampler, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from cifarlit.data import DataError
 
 
 class ArrayDataset(Dataset):
@@ -73,7 +76,7 @@ class TensorBatchSampler(BatchSampler):
         if type(sampler) is SequentialSampler:
             return torch.arange(len(sampler))
         if type(sampler) is RandomSampler and sampler.generator is None and not sampler.replacement:
-            if sampler._num_samples is None:
+            if sampler.num_samples == len(sampler.data_source):  # a whole permutation, as one randperm
                 # What RandomSampler.__iter__ draws (a fresh generator seeded from torch's global RNG), kept as
                 # one tensor instead of a Python int per image.
                 seed = int(torch.empty((), dtype=torch.int64).random_().item())
@@ -132,6 +135,47 @@ def _dataset_device(sampler: Sized) -> torch.device | None:
     dataset = getattr(sampler, "data_source", None) or getattr(sampler, "dataset", None)
     x = getattr(dataset, "x", None)
     return x.device if isinstance(x, torch.Tensor) else None
+
+
+def memory_loader(
+    dataset: ArrayDataset, shuffle: bool, batch_size: int, num_workers: int, pin_memory: bool, persistent: bool
+) -> DataLoader:
+    """Whole batches of ``dataset``: shuffled for training (``shuffle``), or every image once in order."""
+    share_cores(num_workers)
+    sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_sampler=(TrainBatchSampler if shuffle else EvalBatchSampler)(sampler, batch_size, drop_last=False),
+        collate_fn=whole_batch,
+        num_workers=num_workers,
+        pin_memory=pin_memory and dataset.x.device.type == "cpu",
+        persistent_workers=persistent and num_workers > 0,
+        worker_init_fn=worker_init if num_workers > 0 else None,
+    )
+
+
+def keep_on_device(datasets: tuple[ArrayDataset, ...], device: torch.device, want, on_host: bool) -> bool:
+    """Whether the ``datasets`` move to ``device``, by ``data.on_device`` (``want``: ``auto``, True or False);
+    ``on_host``: the loader reads them on the CPU (workers, or a per-image augmentation there)."""
+    if device.type == "cpu" or want is False or (want == "auto" and on_host):
+        return False
+    need = sum(t.nbytes for ds in datasets for t in (ds.x, ds.y))
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    if free is None or need <= free / 2:
+        return True
+    gib = f"{need / 2**30:.1f} GiB of images, {free / 2**30:.1f} GiB free on {device}"
+    if want is True:
+        raise DataError(f"data.on_device=true: {gib}; use data.on_device auto or false to keep them in RAM.")
+    from lightning.pytorch.utilities import rank_zero_info  # here: importing Lightning takes seconds
+
+    rank_zero_info(f"data.on_device=auto: {gib}, so the images stay in RAM and each batch is copied over.")
+    return False
+
+
+def share_cores(num_workers: int) -> None:
+    """Leave DataLoader workers their cores: oversubscribed torch threads are the slowest thing on 2 cores."""
+    if num_workers > 0:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
 
 
 def whole_batch(batch):

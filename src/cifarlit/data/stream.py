@@ -14,17 +14,10 @@ folders. So every split's ``index.json`` must say exactly what ``prepare`` write
 must have the sizes and item layout it records, and LitData gets only the ``bytes`` and ``int`` decoders (the
 others refuse), whatever a file says.
 
-Training reads the chunks in LitData's shuffled order (the chunks' order, then blocks of ``SHUFFLE_BLOCK``
-neighbouring images in each chunk, then the images in each block; ``prepare`` wrote the training images in a
-seeded random order, so every block is a random sample of the classes), seeded by the training seed
-(``seed_everything``) and the epoch. Only a few chunks are mapped at a
-time, so memory does not grow with the dataset. Batches are uint8, and the DataModule's batched augmentation and
-normalization run after the transfer, as for the in-memory data.
-
-Under DDP each process streams its own part: LitData splits the split between the processes (Lightning's
-``DistributedSampler`` never wraps an iterable dataset), image by image, and every process makes the same number
-of batches (see :func:`batch_plan`): each image is used exactly once per epoch, in training as in val, test and
-predict.
+Training reads the chunks in LitData's block-shuffled order (:data:`SHUFFLE_BLOCK`), seeded by the training
+seed (``seed_everything``) and the epoch; only a few chunks are mapped at a time, so memory does not grow with the
+dataset. :mod:`cifarlit.data.stream_loader` makes the batches (uint8, augmented and normalized after the transfer
+as the in-memory ones), every image once per epoch and as many batches on every DDP process.
 """
 
 from __future__ import annotations
@@ -35,21 +28,15 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # LitData must never ask PyPI for a newer version
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from litdata import StreamingDataset  # noqa: E402
-from litdata.streaming.downloader import get_downloader  # noqa: E402
-from litdata.streaming.serializers import _SERIALIZERS, Serializer  # noqa: E402
-from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
-
-from cifarlit.data.loaders import worker_init  # noqa: E402
-from cifarlit.data.sources import DataError  # noqa: E402
+from cifarlit.data import DataError, litdata_adapter
+from cifarlit.data.litdata_adapter import Serializer, StreamingDataset
+from cifarlit.utils.checkpoints import MAX_SIDE, MIN_SIDE
 
 META_NAME = "cifarlit-stream.json"  # written last: a folder without it is not a finished stream
 FORMAT = "cifarlit-stream"
@@ -136,8 +123,10 @@ def read_info(stream: str) -> StreamInfo:
 
 def _shape(value) -> tuple[int, int, int]:
     shape = tuple(value)
-    if len(shape) != 3 or not all(type(s) is int and s > 0 for s in shape) or shape[0] not in (1, 3):
+    if len(shape) != 3 or not all(type(s) is int for s in shape) or shape[0] not in (1, 3):
         raise ValueError(f"shape {value!r} is not (channels 1 or 3, height, width)")
+    if not all(MIN_SIDE <= side <= MAX_SIDE for side in shape[1:]):
+        raise ValueError(f"shape {value!r} has sides outside {MIN_SIDE}..{MAX_SIDE}")
     return shape
 
 
@@ -151,7 +140,7 @@ def _read_text(stream: str, name: str) -> str:
         return (Path(stream).expanduser() / name).read_text()
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, Path(name).name)
-        get_downloader(stream, tmp, []).download_file(f"{stream.rstrip('/')}/{name}", local)
+        litdata_adapter.download_file(stream, name, local)
         return Path(local).read_text()
 
 
@@ -321,9 +310,8 @@ class _Refused(Serializer):
 
 
 def decoders() -> dict[str, Serializer]:
-    """LitData's serializer table with every decoder but :data:`DECODERS` refused (LitData adds its defaults for
-    the names a table leaves out, so each is named)."""
-    return {name: _Refused(name) for name in _SERIALIZERS if name not in DECODERS}
+    """LitData's serializer table with every decoder but :data:`DECODERS` refused."""
+    return litdata_adapter.serializers(_Refused, DECODERS)
 
 
 def open_split(stream: str, split: str, info: StreamInfo, shuffle: bool = False, seed: int = 0) -> StreamingDataset:
@@ -332,9 +320,9 @@ def open_split(stream: str, split: str, info: StreamInfo, shuffle: bool = False,
     location = split_location(stream, split)
     check_split_files(stream, split, info)
     # Training: LitData's block shuffle, with each block decoded at once (a full in-chunk permutation reads item
-    # by item, ~1.8x the block's cost here: benchmarks/README.md, "Streaming").
+    # by item, which costs more: benchmarks/README.md, "Streaming").
     window = {"item_shuffle_window": SHUFFLE_BLOCK, "batch_decode": SHUFFLE_BLOCK} if shuffle else {}
-    try:  # drop_last: see batch_plan
+    try:  # drop_last: see stream_loader.batch_plan
         dataset = StreamingDataset(location, shuffle=shuffle, seed=seed, serializers=decoders(), **window)
     except (ValueError, FileNotFoundError, AssertionError) as err:  # LitData's words for a missing or empty index
         raise DataError(
@@ -342,9 +330,9 @@ def open_split(stream: str, split: str, info: StreamInfo, shuffle: bool = False,
             f"incomplete: {HOW_TO_PREPARE} again."
         ) from None
     if is_url(stream):  # the copy in LitData's cache is the one its readers use: it must be the one checked
-        cached = Path(dataset.input_dir.path) / INDEX_NAME
+        cached = Path(litdata_adapter.location(dataset)[1]) / INDEX_NAME
         check_index(cached.read_text(), f"data.stream={stream!r}: {split}/{INDEX_NAME} (LitData's copy {cached})")
-    found = sum(end - start for start, end in dataset.region_of_interest)
+    found = litdata_adapter.stored_images(dataset)
     if found != info.sizes[split]:
         raise DataError(
             f"data.stream={stream!r}: the {split} split holds {found} images, but {META_NAME} says "
@@ -359,123 +347,6 @@ def open_splits(hparams, info: StreamInfo) -> tuple[StreamingDataset, StreamingD
                 hparams.channels)  # fmt: skip
     train = open_split(hparams.stream, "train", info, shuffle=True, seed=shuffle_seed(hparams.seed))
     return train, open_split(hparams.stream, "val", info), open_split(hparams.stream, "test", info)
-
-
-def collate(items: list[tuple[bytes, int]], shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(image bytes, label)`` items -> uint8 ``(B, C, H, W)`` images and int64 labels, one copy of the pixels."""
-    x = torch.frombuffer(bytearray().join(image for image, _ in items), dtype=torch.uint8)
-    if x.numel() != len(items) * math.prod(shape):
-        raise DataError(f"streamed images are not of the shape {list(shape)} that {META_NAME} records")
-    return x.view(len(items), *shape), torch.tensor([label for _, label in items], dtype=torch.int64)
-
-
-def batch_plan(dataset: StreamingDataset, num_workers: int, batch_size: int) -> list[list[int]]:
-    """The batch sizes of each DataLoader worker of this process, for one epoch.
-
-    LitData shares the split out image by image (its "batch" set to 1, nothing dropped) between the processes
-    and their workers. Each worker slot then makes as many batches as the fullest share of that slot on any
-    process needs, splitting its own share evenly (at most ``batch_size`` images a batch): every image is used
-    once, and every process makes the same number of steps, which DDP needs (a process with one batch more
-    would wait forever for the others at its gradient all-reduce). Without DDP an epoch is
-    ``ceil(n / batch_size)`` batches as with the in-memory loaders, of equal sizes rather than full ones plus
-    a remainder, so none holds a single image (BatchNorm cannot normalize one in training mode).
-    """
-    workers = max(1, num_workers)
-    dataset.set_drop_last(False)
-    dataset.get_len(workers, 1)  # sets LitData's worker count and "batch" size, and builds its plan
-    env = dataset.distributed_env
-    _, intervals = dataset.shuffler.get_chunks_and_intervals_per_workers(env, workers, 1, dataset.current_epoch)
-    shares = [sum(end - start for _, start, end, _ in worker) for worker in intervals]  # process-major
-    plan = []
-    for slot in range(workers):
-        share = shares[slot::workers]  # this worker slot on each process
-        batches = max(1, -(-max(share) // batch_size))
-        if min(share) < batches:
-            raise DataError(
-                f"a split of {sum(shares)} images cannot be shared between {env.world_size} process(es) x "
-                f"{workers} worker(s) in {batches} batch(es) each: use fewer processes or data.num_workers."
-            )
-        plan.append([len(part) for part in torch.arange(share[env.global_rank]).tensor_split(batches)])
-    return plan
-
-
-class _Batches(IterableDataset):
-    """A worker's share of a split (LitData's), in the batches planned for that worker."""
-
-    def __init__(self, dataset: StreamingDataset, plan: list[list[int]], shape: tuple[int, int, int]) -> None:
-        self.dataset, self.plan, self.shape = dataset, plan, shape
-
-    def __len__(self) -> int:
-        return sum(len(sizes) for sizes in self.plan)
-
-    def __iter__(self):
-        items = iter(self.dataset)  # LitData picks this worker's share, in this epoch's order
-        sizes = self.plan[self.dataset.worker_env.rank]
-        if sum(sizes) != self.dataset.stop_length:  # the plan must be LitData's own
-            raise RuntimeError(f"LitData gave this worker {self.dataset.stop_length} images, not {sum(sizes)}")
-        try:
-            for size in sizes:
-                yield collate([next(items) for _ in range(size)], self.shape)
-        finally:
-            # LitData makes a new reader every epoch and leaves the old one's last chunk files open: without
-            # this, a process reading in the main process (val, test, workers=0) gains open files every epoch.
-            _close_chunks(self.dataset)
-
-
-def _close_chunks(dataset: StreamingDataset) -> None:
-    reader = getattr(getattr(dataset, "cache", None), "_reader", None)
-    item_loader = getattr(reader, "_item_loader", None)
-    if item_loader is not None:
-        item_loader.close(0)  # LitData's loaders close whatever chunk is open, whichever index is named
-
-
-class StreamLoader(DataLoader):
-    """Batches of one split of a stream, one epoch per iteration; ``epoch()``, asked as each epoch starts, seeds
-    that epoch's order (the DataModule passes the number of epochs the trainer has finished, which a resumed
-    run restores: it reads what the uninterrupted run read)."""
-
-    def __init__(self, batches: _Batches, batch_size: int, epoch: Callable[[], int], **kwargs) -> None:
-        super().__init__(batches, batch_size=None, **kwargs)
-        self.images_per_batch, self.epoch = batch_size, epoch
-
-    def __iter__(self):
-        batches = self.dataset
-        batches.dataset.set_epoch(self.epoch() + 1)  # LitData counts epochs from 1
-        batches.plan = batch_plan(batches.dataset, self.num_workers, self.images_per_batch)  # this epoch's shares
-        return _reading(super().__iter__(), batches.dataset)  # the workers start now, with this order and plan
-
-
-def _reading(batches, dataset: StreamingDataset):
-    """``batches``, with a chunk that cannot be read as it was checked (one of object storage, or one changed
-    since) ending the run in one sentence instead of a traceback (from a worker: its last line)."""
-    try:
-        yield from batches
-    except Exception as err:  # LitData, its downloaders and DataLoader workers raise many types
-        where = dataset.input_dir.url or dataset.input_dir.path
-        last = (str(err).strip().splitlines() or [""])[-1]
-        raise DataError(
-            f"data.stream: {where} cannot be read ({err.__class__.__name__}: {last}); the stream is damaged or "
-            f"incomplete: {HOW_TO_PREPARE} again."
-        ) from None
-
-
-def loader(
-    dataset: StreamingDataset, shape: tuple[int, int, int], batch_size: int, num_workers: int, pin_memory: bool,
-    epoch: Callable[[], int] = lambda: 0,
-) -> StreamLoader:  # fmt: skip
-    """Training batches (a shuffled ``dataset``), or val/test/predict batches read in this process, in the stored
-    order (predict's ids are positions in it). Workers start afresh each epoch: persistent ones would keep the
-    previous epoch's order."""
-    num_workers = num_workers if dataset.shuffle else 0
-    plan = batch_plan(dataset, num_workers, batch_size)
-    return StreamLoader(
-        _Batches(dataset, plan, shape),
-        batch_size,
-        epoch,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        worker_init_fn=worker_init if num_workers > 0 else None,
-    )
 
 
 def shuffle_seed(data_seed: int) -> int:

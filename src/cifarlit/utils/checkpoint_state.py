@@ -25,6 +25,7 @@ CHECKPOINT_HELP = "a checkpoint written by `cifarlit fit` (lightning_logs/<name>
 DATA_KEY = "CIFAR10DataModule"  # the DataModule's state in a checkpoint: Lightning files it by class __qualname__
 RNG_KEY = "cifarlit_rng_states"  # LitMLP.on_save_checkpoint: one dict of rng.rng_states() per process
 MAX_SIDE = 4096  # the largest image side a checkpoint may claim: one 4096 x 4096 RGB image is 48 MiB as uint8
+MIN_SIDE = 8  # the smallest image side of data.image_size and of a checkpoint: the default nets halve it 3 times
 
 
 def check_restorable(ckpt: dict, name: str) -> None:
@@ -92,12 +93,14 @@ def check_data_state(state: Any, hparams: dict, name: str) -> None:
 
 def _check_shape(shape: Any, where: str, name: str) -> None:
     if not _valid_shape(shape):
-        raise foreign(name, where, shape, f"(channels, height, width) with 1 or 3 channels and sides of 1..{MAX_SIDE}")
+        raise foreign(
+            name, where, shape, f"(channels, height, width) with 1 or 3 channels and sides of {MIN_SIDE}..{MAX_SIDE}"
+        )
 
 
 def _valid_shape(shape: Any) -> bool:
     ok = isinstance(shape, list | tuple) and len(shape) == 3 and all(is_int(n) for n in shape)
-    return ok and shape[0] in (1, 3) and all(1 <= n <= MAX_SIDE for n in shape[1:])
+    return ok and shape[0] in (1, 3) and all(MIN_SIDE <= n <= MAX_SIDE for n in shape[1:])
 
 
 def _check_rng_states(states: Any, name: str) -> None:

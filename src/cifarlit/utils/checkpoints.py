@@ -33,6 +33,8 @@ from cifarlit.utils.checkpoint_hparams import MOVED, allowed_classes, check_hype
 from cifarlit.utils.checkpoint_state import (
     CHECKPOINT_HELP,
     DATA_KEY,
+    MAX_SIDE,
+    MIN_SIDE,
     RNG_KEY,
     check_data_state,
     check_restorable,
@@ -43,8 +45,8 @@ from cifarlit.utils.errors import CifarlitError
 from cifarlit.utils.files import atomic_path
 
 __all__ = [
-    "CHECKPOINT_HELP", "DATA_KEY", "RNG_KEY", "allowed_classes", "check_data_state", "check_hyperparameters",
-    "check_network", "check_restorable", "confine_paths", "inside", "load", "load_checkpoint", "rename_moved",
+    "CHECKPOINT_HELP", "DATA_KEY", "MAX_SIDE", "MIN_SIDE", "RNG_KEY", "allowed_classes", "check_data_state",
+    "check_hyperparameters", "check_network", "check_restorable", "confine_paths", "inside", "load", "load_checkpoint", "rename_moved",
 ]  # fmt: skip
 
 
