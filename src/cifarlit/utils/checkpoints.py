@@ -46,7 +46,8 @@ from cifarlit.utils.files import atomic_path
 
 __all__ = [
     "CHECKPOINT_HELP", "DATA_KEY", "MAX_SIDE", "MIN_SIDE", "RNG_KEY", "allowed_classes", "check_data_state",
-    "check_hyperparameters", "check_network", "check_restorable", "confine_paths", "inside", "load", "load_checkpoint", "rename_moved",
+    "check_hyperparameters", "check_network", "check_restorable", "confine_paths", "inside", "load",
+    "load_checkpoint", "rename_moved",
 ]  # fmt: skip
 
 
