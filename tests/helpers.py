@@ -28,14 +28,13 @@ CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml")
 
 
 def config_args(config: Path) -> list[str]:
-    """The `-c` files of the command in the config's header comment (which must exist and end with the config)."""
-    text = (REPO / config).read_text()
-    if config == Path("configs/default.yaml"):
-        return ["-c", str(REPO / config)]
-    match = re.search(r"^#\s+cifarlit fit ((?:-c \S+\s*)+)$", text, re.MULTILINE)
-    assert match, f"{config} must start with the comment that runs it: '#   cifarlit fit -c ... -c {config}'"
+    """The `-c` files of the command on the config's first line (which must run it: the files exist and the last
+    is the config itself)."""
+    first = (REPO / config).read_text().splitlines()[0]
+    match = re.match(r"^# cifarlit fit ((?:-c \S+\s*)+)", first)
+    assert match, f"{config} must start with the comment that runs it: '# cifarlit fit -c ... -c {config}'"
     files = match.group(1).split()[1::2]
-    assert files[-1] == str(config), f"{config}: its header command runs {files[-1]} instead"
+    assert files[-1] == str(config), f"{config}: its first line runs {files[-1]} instead"
     return [arg for f in files for arg in ("-c", str(REPO / f))]
 
 

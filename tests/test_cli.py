@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 import re
@@ -14,12 +15,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import (
+    BackboneFinetuning,
+    EarlyStopping,
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    RichProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.strategies import StrategyRegistry
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from cifarlit.models.nets import ACTIVATIONS, MLP, NORMS
+from cifarlit.training.callbacks import DEFAULTS, OverfitCheck, RunRecord
 from helpers import CONFIGS, config_args, one_node, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +218,8 @@ def model_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
             return [(f"the scheduler's {arg}", getattr(config.scheduler, arg), value)]
         return [(f"model.hparams['lr_scheduler'] {arg}", model.hparams["lr_scheduler"]["init_args"][arg], value)]
     out = [(f"model.hparams[{name!r}]", model.hparams[name], value)]
+    if name == "tta":
+        out.append(("model.tta", model.tta, value))
     if name in ("hidden_sizes", "norm", "dropout", "activation") and type(model.net) is MLP:
         want = value
         if name == "dropout" and not isinstance(value, list):  # one probability: after each hidden layer, if > 0
@@ -229,12 +243,14 @@ def trainer_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
             return [("the logger given to the Trainer", type(given), resolve(value))]
         arg = rest.partition("init_args.")[2]
         return [(f"the logger's {arg}", attribute(given, arg), value)]
-    if option == "callbacks":  # less the defaults Lightning adds when the config lists none of their kind
+    if option == "callbacks":  # less the CLI's default callbacks and those Lightning adds (a summary, a bar)
         listed = tuple(resolve(entry["class_path"]) for entry in value)
+        defaults = [cli.config_init["fit"][key] for key in DEFAULTS]
         added = [cb for cb in trainer.callbacks if isinstance(cb, (ModelSummary, ProgressBar))]
         wanted, seen = pair_objects(
-            [cb for cb in trainer.callbacks if cb not in added or isinstance(cb, listed)], value
-        )
+            [cb for cb in trainer.callbacks if not any(cb is d for d in defaults)
+             and (cb not in added or isinstance(cb, listed))], value,
+        )  # fmt: skip
         return [("trainer.callbacks", seen, wanted)]
     if option == "plugins":
         wanted, seen = pair_objects([trainer.strategy.checkpoint_io, trainer.strategy.precision_plugin], value, False)
@@ -258,14 +274,29 @@ def trainer_readings(cli, name: str, value) -> list[tuple[str, object, object]]:
     return [(where, got, value)]
 
 
+def default_callback_readings(cli, key: str, name: str, value) -> list[tuple[str, object, object]]:
+    """A default callback's option (``early_stopping``, ``early_stopping.patience``, ``....init_args.patience``,
+    ``....class_path``): the object the CLI built for it, and whether the run has it."""
+    built = cli.config_init["fit"][key]
+    kept = ("whether the run has it", any(cb is built for cb in cli.trainer.callbacks), value is not None)
+    if not name:
+        return [kept]
+    arg = name.removeprefix("init_args.")
+    if arg == "class_path":
+        return [(f"the type of {key}", type(built), resolve(value)), kept[:2] + (True,)]
+    return [(f"{key}'s {arg}", attribute(built, arg), value), kept[:2] + (True,)]
+
+
 def readings(cli, key: str, value, merged: dict) -> list[tuple[str, object, object]]:
     """Where the run shows the config's ``key``: [(where, what it holds, what ``value`` asks of it)]. A key without
     a reading fails: a new option must say where a run shows it."""
     section, _, name = key.partition(".")
     if key == "seed_everything":
         return [("PL_GLOBAL_SEED", int(os.environ["PL_GLOBAL_SEED"]), value)]
-    if key in ("test_after_fit", "test_tta"):  # acted on after a full fit only: under fast_dev_run the parsed
-        return [("the parsed config", cli.config.fit[key], value)]  # value is all there is
+    if key == "test_after_fit":  # acted on after a full fit only: under fast_dev_run the parsed value is all there is
+        return [("the parsed config", cli.config.fit[key], value)]
+    if section in DEFAULTS:
+        return default_callback_readings(cli, section, name, value)
     if section == "data":
         return data_readings(cli, name, value, merged)
     if section == "model":
@@ -317,6 +348,117 @@ def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeyp
         assert type(cli.model.net) is MLP, f"{config} names no model.net, yet the run trains a {type(cli.model.net)}"
 
 
+# --- the callbacks each config runs with ---------------------------------------------------------------------------
+
+ES5 = (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5})
+BEST = (ModelCheckpoint, {"monitor": "val/acc", "mode": "max", "filename": "epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                          "auto_insert_metric_name": False})  # fmt: skip
+LAST = (ModelCheckpoint, {"filename": "last", "enable_version_counter": False})
+LR_EPOCH = (LearningRateMonitor, {"logging_interval": "epoch"})
+LR_SCHEDULER = (LearningRateMonitor, {})  # logging_interval None: at each scheduler's own interval
+BAR = (TQDMProgressBar, {"refresh_rate": 50})
+LIGHTNINGS_BAR = (RichProgressBar, {})  # what Lightning adds when a config has none
+
+
+def early_stopping(patience: int):
+    return (EarlyStopping, {**ES5[1], "patience": patience})
+
+
+def best(**changes):
+    return (ModelCheckpoint, {**BEST[1], **changes})
+
+
+def last(**changes):
+    return (ModelCheckpoint, {**LAST[1], **changes})
+
+
+def backbone(epoch: int):
+    return (BackboneFinetuning, {"unfreeze_backbone_at_epoch": epoch, "backbone_initial_ratio_lr": 0.1})
+
+
+DEFAULT = [ES5, BEST, LAST, LR_EPOCH, BAR]
+NO_STOPPING = [BEST, LAST, LR_SCHEDULER, BAR]
+LADDER = [(OverfitCheck, {}), LIGHTNINGS_BAR]
+TRANSFER = [early_stopping(8), BEST, LR_SCHEDULER, BAR]
+PRETRAIN = [best(dirpath="lightning_logs/transfer", filename="pretrained", enable_version_counter=False), LR_SCHEDULER,
+            BAR]  # fmt: skip
+EMA = (EMAWeightAveraging, {"decay": 0.99})
+# What each config ran with before the default callbacks moved into the CLI, where its YAML restated the list; the
+# one difference: a checkpoint whose filename has no {metric} field (last.ckpt, pretrained.ckpt) now keeps the
+# auto_insert_metric_name of its default, which only formats such fields.
+EXPECTED_CALLBACKS = {
+    "default": DEFAULT, "debug/one_batch": LADDER, "debug/one_sample": LADDER, "debug/subset": DEFAULT,
+    "experiments/adam": DEFAULT, "experiments/batchnorm": DEFAULT, "experiments/rmsprop": DEFAULT,
+    "experiments/sgd_momentum": DEFAULT, "experiments/steplr": DEFAULT, "scale/ddp_nodes": DEFAULT,
+    "experiments/baseline": NO_STOPPING, "experiments/weight_decay": NO_STOPPING, "experiments/dropout": NO_STOPPING,
+    "experiments/more_data": NO_STOPPING, "experiments/augmentation": NO_STOPPING,
+    "experiments/early_stopping": [ES5, BEST, LAST, LR_SCHEDULER, BAR],
+    "experiments/final": [early_stopping(10), BEST, LAST, LR_EPOCH, BAR],
+    "experiments/best_mlp": NO_STOPPING, "experiments/cnn": NO_STOPPING, "experiments/recipe_mlp_cpu": NO_STOPPING,
+    "experiments/best_mlp_long": [best(save_weights_only=True), last(every_n_epochs=5), LR_SCHEDULER, BAR],
+    "experiments/recipe_mlp_gpu": [best(save_weights_only=True), last(every_n_epochs=10), LR_SCHEDULER, BAR],
+    "experiments/recipe_cnn_cpu": [BEST, LAST, EMA, LR_EPOCH, BAR],
+    "experiments/recipe_cnn_gpu": [BEST, LAST, EMA, LR_EPOCH, BAR],
+    "experiments/transfer/scratch": TRANSFER, "experiments/transfer/finetune": TRANSFER,
+    "experiments/transfer/finetune_frozen": [backbone(3), *TRANSFER],
+    "experiments/transfer/pretrain": PRETRAIN, "experiments/transfer/pretrain_timm": [best(
+        dirpath="lightning_logs/transfer", filename="pretrained_timm", enable_version_counter=False), *PRETRAIN[1:]],
+    "experiments/transfer/pretrained": [backbone(2), BEST, LR_SCHEDULER, BAR],
+    "experiments/transfer/pretrained_all": [BEST, LR_SCHEDULER, BAR],
+    "tune/mlp_subset": [BAR],
+}  # fmt: skip
+
+
+def describe(callbacks: list) -> list[str]:
+    """Each callback as ``Class(arg=value, ...)`` with the plain values of its ``__init__`` arguments as it keeps
+    them, sorted; without what Lightning adds itself (the model summary) and the CLI's run record."""
+
+    def one(callback) -> str:
+        names = [p for p in inspect.signature(type(callback).__init__).parameters if p not in ("self", "kwargs")]
+        kept = {name: getattr(callback, attr) for name in names for attr in (name, f"_{name}")
+                if hasattr(callback, attr)}  # fmt: skip
+        plain = {k: v for k, v in kept.items() if isinstance(v, (bool, int, float, str, type(None)))}
+        return f"{type(callback).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(plain.items()))})"
+
+    return sorted(one(cb) for cb in callbacks if not isinstance(cb, (ModelSummary, RunRecord)))
+
+
+def built(args: list[str], pickle_root, *extra: str):
+    """The CLI's objects for ``args`` (a config's -c files), built but not run."""
+    from cifarlit.cli import build_cli
+
+    sys.argv = ["cifarlit"]  # LightningCLI warns when pytest's own arguments are there next to `args`
+    return build_cli([*args, "--data.data_dir", str(pickle_root), "--trainer.accelerator", "cpu", *extra], run=False)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_each_config_has_its_callbacks(config, pickle_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # pretrain's checkpoint folder is relative
+    name = str(config.relative_to("configs").with_suffix(""))
+    cli = built(config_args(config), pickle_root, *one_node(config))
+    expected = [cls(**kwargs) for cls, kwargs in EXPECTED_CALLBACKS[name]]
+    assert describe(cli.trainer.callbacks) == describe(expected)
+
+
+@pytest.mark.parametrize(
+    ("option", "without"),
+    [("--trainer.enable_progress_bar", ProgressBar), ("--trainer.enable_checkpointing", ModelCheckpoint),
+     ("--trainer.logger", LearningRateMonitor)],
+)  # fmt: skip
+def test_a_trainer_option_that_turns_a_feature_off_drops_its_default_callback(option, without, pickle_root, tmp_path):
+    cli = built(["-c", str(REPO / "configs" / "default.yaml")], pickle_root, option, "false")
+    assert not any(isinstance(cb, without) for cb in cli.trainer.callbacks)
+    assert any(isinstance(cb, EarlyStopping) for cb in cli.trainer.callbacks)  # the others stay
+
+
+def test_a_default_callback_is_tuned_or_switched_off_from_the_command_line(pickle_root, tmp_path):
+    default = ["-c", str(REPO / "configs" / "default.yaml")]
+    tuned = built(default, pickle_root, "--early_stopping.patience", "2", "--last_checkpoint", "null")
+    (stopping,) = [cb for cb in tuned.trainer.callbacks if isinstance(cb, EarlyStopping)]
+    assert stopping.patience == 2 and stopping.monitor == "val/loss"  # the rest of the default kept
+    assert [cb.filename for cb in tuned.trainer.callbacks if isinstance(cb, ModelCheckpoint)] == [BEST[1]["filename"]]
+
+
 def test_fit_then_test_writes_curves_checkpoints_and_config(pickle_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run_cli(
@@ -361,14 +503,17 @@ print(cli.trainer.checkpoint_callback.best_model_path)
     assert second.stdout.strip() == "True"  # a fresh process, no data on disk needed
 
 
-def test_monitor_keys_in_configs_are_logged_metrics():
+def test_monitor_keys_in_configs_and_default_callbacks_are_logged_metrics():
     logged = {f"{stage}/{metric}" for stage in ("train", "val") for metric in ("loss", "acc")}
+    monitors = {f"training.callbacks.DEFAULTS[{key!r}]": [args.get("monitor")] for key, (*_, args) in DEFAULTS.items()}
     for config in CONFIGS:
-        text = (REPO / config).read_text()
-        for key in re.findall(r"monitor:\s*([\w/]+)", text):
-            if key == "null":  # a checkpoint that watches nothing (last.ckpt) is valid
+        monitors[str(config)] = re.findall(r"\bmonitor:[ \t]*([\w/]+)", (REPO / config).read_text())
+    assert len(monitors) > len(DEFAULTS) and any(monitors.values())
+    for where, keys in monitors.items():
+        for key in keys:
+            if key in (None, "null"):  # a checkpoint that watches nothing (last.ckpt) is valid
                 continue
-            assert key in logged, f"{config}: monitor {key!r} is not a logged metric"
+            assert key in logged, f"{where}: monitor {key!r} is not a logged metric"
 
 
 def test_print_config_and_linked_num_classes(folder_root, capsys):
@@ -405,9 +550,11 @@ def test_console_script_and_module_are_the_same(tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--model.hiden_sizes", "[10]"], "hiden_sizes"),
-        (["--data.batch_size", "many"], "batch_size"),
-        (["--model.optimizer", "torch.optim.NoSuchOpt"], "NoSuchOpt"),
+        (["--model.hiden_sizes", "[10]"], "unrecognized arguments: --model.hiden_sizes"),
+        (["--data.batch_size", "many"], "--data.batch_size 'many' is not valid: use a whole number."),
+        (["--data.channels", "2"], "--data.channels '2' is not valid: use 1, 3."),
+        (["--model.optimizer", "torch.optim.NoSuchOpt"], "torch.optim has no NoSuchOpt"),
+        (["--early_stopping.patiense", "3"], "--early_stopping.patiense is not an option of --early_stopping"),
         (["--data.data_dir", "{missing}", "--data.download", "false"], "holds no dataset"),
         (["--data.batch_size", "0"], "data.batch_size=0"),
         (["--data.val_size", "1.5"], "data.val_size=1.5"),
@@ -419,8 +566,9 @@ def test_user_mistakes_are_one_clear_message(args, expected, pickle_root, tmp_pa
     args = [a.replace("{missing}", str(tmp_path / "nowhere")) for a in args]
     with pytest.raises(SystemExit) as exit_info:
         run_cli("fit", "--data.data_dir", str(pickle_root), "--trainer.fast_dev_run", "true", *args)
-    assert exit_info.value.code != 0
-    assert expected in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expected in err, err  # jsonargparse's errors too
 
 
 def test_a_mistake_in_a_real_process_prints_no_traceback(tmp_path):

@@ -86,7 +86,7 @@ def test_default_output_is_next_to_the_checkpoint(own_run, tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--format", "tflite"], "--format 'tflite' is not supported: use one of onnx, torchscript, safetensors."),
+        (["--format", "tflite"], "--format 'tflite' is not valid: use onnx, torchscript, safetensors."),
         (["--ckpt_path", "{tmp}/missing.ckpt"], "missing.ckpt does not exist"),
         (["--ckpt_path", "{tmp}/foreign.ckpt"], "foreign.ckpt is not a cifarlit checkpoint"),
     ],

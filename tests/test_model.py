@@ -229,26 +229,6 @@ def test_flip_tta_scores_an_image_as_the_mean_of_it_and_its_mirror():
         model._tallies["test"].clear()
 
 
-def test_tta_is_an_option_of_test_predict_and_the_test_after_fit(own_run, tmp_path, monkeypatch):
-    from helpers import REPO, run_cli
-
-    monkeypatch.chdir(tmp_path)
-    default = str(REPO / "configs" / "default.yaml")
-    common = ("-c", default, "--data.data_dir", str(own_run.data), "--ckpt_path", str(own_run.ckpt))
-    plain = run_cli("test", *common).trainer.callback_metrics["test/loss"]
-    tested = run_cli("test", *common, "--tta", "flip")
-    assert tested.model.tta == "none"  # set for that run only
-    assert tested.trainer.callback_metrics["test/loss"] != plain
-    probs = run_cli("predict", *common, "--tta", "flip", "--probabilities", "true", "--output",
-                    str(tmp_path / "p.csv"))  # fmt: skip
-    assert probs.model.tta == "none" and (tmp_path / "p.csv").is_file()
-    seen, scores = [], LitMLP.scores
-    monkeypatch.setattr(LitMLP, "scores", lambda self, x: seen.append(self.tta) or scores(self, x))
-    run_cli("fit", "-c", default, "--data.data_dir", str(own_run.data), "--trainer.max_epochs", "1",
-            "--test_tta", "flip")  # fmt: skip
-    assert seen and set(seen) == {"flip"}  # the test after fit scored every batch with its mirror
-
-
 def test_hparams_yaml_is_plain_yaml(tmp_path):
     from lightning.pytorch.core.saving import save_hparams_to_yaml
 

@@ -132,6 +132,51 @@ def test_the_console_script_exits_0_after_a_successful_command(own_run, new_imag
     assert "CifarCLI object" not in capsys.readouterr().err
 
 
+def test_predict_reads_the_checkpoint_once_and_test_twice(own_run, new_images, tmp_path, monkeypatch):
+    """Predict builds its module from the file the CLI read and checked; test lets Lightning restore it (a second
+    read). LightningCLI's own read for the hyperparameters is replaced (CifarCLI._parse_ckpt_path): a Lightning
+    release that reads the file elsewhere makes these counts, and this test, fail."""
+    from lightning.pytorch.cli import LightningCLI
+
+    assert callable(getattr(LightningCLI, "_parse_ckpt_path", None))  # the private hook cifarlit overrides
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(Path(getattr(f, "path", f)).resolve())
+                        or load(f, *a, **k))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    predict(own_run, tmp_path, "--data.predict_dir", str(new_images[0]), "--output", str(tmp_path / "p.csv"))
+    assert reads == [own_run.ckpt.resolve()]
+    assert len(read_rows(tmp_path / "p.csv")) == 9
+    reads.clear()
+    run_cli("test", "-c", DEFAULT, "--ckpt_path", str(own_run.ckpt), "--data.data_dir", str(own_run.data),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "lightning_logs"))  # fmt: skip
+    assert reads == [own_run.ckpt.resolve()] * 2
+
+
+def test_tta_is_a_model_option_of_test_predict_and_the_test_after_fit(own_run, tmp_path, monkeypatch):
+    from cifarlit.models.lit_mlp import LitMLP
+
+    monkeypatch.chdir(tmp_path)
+    common = ("-c", DEFAULT, "--data.data_dir", str(own_run.data), "--ckpt_path", str(own_run.ckpt))
+    plain = run_cli("test", *common).trainer.callback_metrics["test/loss"]
+    tested = run_cli("test", *common, "--model.tta", "flip")
+    assert tested.model.tta == "flip" and tested.trainer.callback_metrics["test/loss"] != plain
+    probs = run_cli("predict", *common, "--model.tta", "flip", "--probabilities", "true", "--output",
+                    str(tmp_path / "p.csv"))  # fmt: skip
+    assert probs.model.tta == "flip"
+    flipped = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in read_rows(tmp_path / "p.csv")])
+    run_cli("predict", *common, "--probabilities", "true", "--output", str(tmp_path / "q.csv"))
+    unflipped = torch.tensor([[float(r[f"prob_{c}"]) for c in CLASSES] for r in read_rows(tmp_path / "q.csv")])
+    assert not torch.allclose(flipped, unflipped)  # the CSV's numbers are the flipped ones
+    seen, scores = [], LitMLP.scores
+    monkeypatch.setattr(LitMLP, "scores", lambda self, x: seen.append(self.tta) or scores(self, x))
+    fit = run_cli("fit", "-c", DEFAULT, "--data.data_dir", str(own_run.data), "--trainer.max_epochs", "1",
+                  "--model.tta", "flip")  # fmt: skip
+    assert seen and set(seen) == {"flip"}  # the test after fit scored every batch with its mirror
+    retested = run_cli("test", "-c", DEFAULT, "--data.data_dir", str(own_run.data), "--ckpt_path",
+                       fit.trainer.checkpoint_callback.best_model_path)  # fmt: skip
+    assert retested.model.tta == "none"  # a run's choice: not taken from the checkpoint
+
+
 # --- mistakes ----------------------------------------------------------------------------------------------------
 
 
@@ -164,6 +209,17 @@ def test_two_files_with_one_id_are_refused(own_run, new_images, tmp_path, monkey
     with pytest.raises(SystemExit):
         predict(own_run, tmp_path, "--data.predict_dir", str(folder))
     assert "which is their id in the predictions CSV: rename one" in capsys.readouterr().err
+
+
+def test_predict_under_ddp_is_refused_before_anything_runs(own_run, new_images, tmp_path, monkeypatch, capsys,
+                                                          one_process_ddp):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        predict(own_run, tmp_path, "--data.predict_dir", str(new_images[0]), "--trainer.strategy", "ddp",
+                "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--output", str(tmp_path / "p.csv"))
+    assert exit_info.value.code == 2
+    assert "predict writes one CSV from one process" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize("ckpt", [None, "last"])

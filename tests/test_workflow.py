@@ -171,6 +171,16 @@ def row_from_events(run_dir: Path) -> dict[str, str]:
     }
 
 
+def test_a_run_links_its_hyperparameters_to_its_curves_without_a_placeholder_point(finished_runs):
+    from cifarlit.training.callbacks import event_writer
+
+    events = EventAccumulator(str(finished_runs / "long" / "version_0"), size_guidance={"scalars": 0}).Reload()
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # TensorBoard's HPARAMS tab has the run
+    assert len(events.Scalars("val/acc")) == 3  # one point per epoch: no placeholder value in the curve
+    with pytest.raises(RuntimeError, match="update event_writer"):  # a torch that renamed the writer fails loudly
+        event_writer(object())
+
+
 def test_compare_writes_curves_and_table(finished_runs, tmp_path, capsys):
     png, table = tmp_path / "curves.png", tmp_path / "table.md"
     code = compare_main([str(finished_runs / "*" / "version_*"), "--output", str(png), "--table", str(table)])

@@ -1,52 +1,69 @@
-"""``cifarlit`` / ``python -m cifarlit``: LightningCLI with fit / validate / test / predict / explore, plus compare,
-export, tune, prepare and serve."""
+"""``cifarlit`` / ``python -m cifarlit``: LightningCLI's fit / validate / test / predict plus explore, and the commands
+beside it (compare, export, prepare, serve, tune), whose options jsonargparse reads from the signature of their
+``main`` function as LightningCLI reads a class's (:func:`run_command`).
+
+Every mistake on the command line ends in one sentence on stderr and exit status 2, jsonargparse's own included.
+"""
 
 from __future__ import annotations
 
-import math
+import importlib
+import inspect
 import os
+import re
 import sys
+import typing
 from pathlib import Path
-from typing import Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must never phone home
 
+from jsonargparse import ArgumentError, ArgumentParser  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
 from cifarlit.data.shapes import check_image_shape  # noqa: E402
 from cifarlit.models import transfer  # noqa: E402
 from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
-from cifarlit.training import runs
-from cifarlit.training.callbacks import OverfitCheck, PerClassReport, RunRecord  # noqa: E402
-from cifarlit.training.trainer import CifarTrainer  # noqa: E402
-from cifarlit.utils import checkpoints
+from cifarlit.training import predict, runs  # noqa: E402
+from cifarlit.training.callbacks import DEFAULTS, OverfitCheck, PerClassReport, RunRecord, kept_defaults  # noqa: E402
+from cifarlit.training.trainer import CifarTrainer, check_numbers  # noqa: E402
+from cifarlit.utils import checkpoints  # noqa: E402
 from cifarlit.utils.errors import CifarlitError, report  # noqa: E402
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "explore")  # LightningCLI's, run by CifarCLI
+COMMANDS = ("compare", "export", "prepare", "serve", "tune")  # cifarlit.commands.<name>.main, run by run_command
+RUN_CHOICES = ("tta",)  # model options a test or predict takes from its own config, not from the checkpoint's
 
 
 class CifarCLI(LightningCLI):
-    """LightningCLI that links the data's class count into the model and tests the best checkpoint after fit."""
+    """LightningCLI that links the data's class count into the model, adds the default callbacks (each a top-level
+    option, see ``training.callbacks.DEFAULTS``), checks a checkpoint before anything reads it and reads it once,
+    tests the best checkpoint after fit, and writes predict's CSV."""
+
+    checkpoint: dict | None = None  # the --ckpt_path file, read and checked once by parse_arguments
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "explore": {"model", "datamodule"}}
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        options = kwargs.pop("options", None)  # parser_kwargs={"predict": {"options": f}}: f's arguments as well
+        parser = super().init_parser(**kwargs)
+        if options is not None:
+            parser.add_function_arguments(options, as_group=False)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         # as a list: the model's hparams.yaml must be plain YAML (see LitMLP.__init__)
         parser.link_arguments("data.image_shape", "model.image_shape", compute_fn=list, apply_on="instantiate")
         parser.add_argument(
-            "--test_after_fit",
-            type=bool,
-            default=True,
-            help="After fit, test the best checkpoint on the test split.",
+            "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint on the test split."
         )
-        parser.add_argument(
-            "--test_tta",
-            type=Literal["none", "flip"],
-            default="none",
-            help="Test-time augmentation of the test after fit: flip scores each image with its mirror too.",
-        )
+        for key, (base, cls, init_args) in DEFAULTS.items():
+            parser.add_subclass_arguments(base, key, required=False, fail_untyped=False, help=f"Default callback; "
+                                          f"null switches it off. Default: {cls.__name__}({init_args}).")  # fmt: skip
+            parser.set_defaults({key: {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init_args}})
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -55,7 +72,7 @@ class CifarCLI(LightningCLI):
         if config is None:
             return
         if config.get("trainer") is not None:
-            check_trainer_numbers(config.trainer)
+            check_numbers(config.trainer)
         ckpt = config.get("ckpt_path")
         if subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
             raise CifarlitError(
@@ -63,13 +80,13 @@ class CifarCLI(LightningCLI):
                 "lightning_logs/default/version_0/checkpoints/last.ckpt."
             )
         # A keyword becomes the file it means, so that file is checked like any other (Lightning would read it
-        # unchecked); refused here, in one sentence, before LightningCLI reads the file for its hyperparameters.
+        # unchecked); refused here, in one sentence, before anything acts on the file.
         if "ckpt_path" in config:
             ckpt = config.ckpt_path = runs.checkpoint_file(ckpt, subcommand, config)
         if ckpt:
-            state = checkpoints.load_checkpoint(Path(ckpt), LitMLP, trusted=_named_classes(config))
+            self.checkpoint = checkpoints.load_checkpoint(Path(ckpt), LitMLP, trusted=_named_classes(config))
             if subcommand != "predict":  # predict reads new images at the trained size whatever the options say
-                check_image_shape(state, config.data, ckpt)
+                check_image_shape(self.checkpoint, config.data, ckpt)
         elif subcommand == "fit" and (config.get("model") or {}).get("init_from"):
             # read when the fit starts (LitMLP.setup); read here too, so a bad file leaves no run folder behind
             transfer.read_weights(Path(config.model.init_from))
@@ -81,6 +98,20 @@ class CifarCLI(LightningCLI):
                 )
             config.weights_only = True
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's own reads the checkpoint again, for the hyperparameters it merges into the config's model;
+        this merges those of the file parse_arguments read and checked. The one private hook of LightningCLI that
+        cifarlit overrides: tests/test_predict.py counts the reads, and fails if a Lightning release changes it."""
+        if self.checkpoint is None:
+            return
+        subcommand = self.config.subcommand
+        hparams = {k: v for k, v in self.checkpoint["hyper_parameters"].items()
+                   if k != "_instantiator" and k not in RUN_CHOICES}  # fmt: skip
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        if subcommand != "predict":  # only predict builds its module from it; the others let Lightning restore
+            self.checkpoint = None
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is None:
@@ -90,14 +121,31 @@ class CifarCLI(LightningCLI):
         if self.subcommand != "explore":  # it writes a run folder only for its grid, at the end
             runs.claim_run_dir(config)
 
+    def instantiate_trainer(self, **kwargs) -> CifarTrainer:
+        """The Trainer, with the config's ``trainer.callbacks`` and the default callbacks it keeps."""
+        config = self.config_init.get(str(self.subcommand)) or self.config_init
+        trainer = config.get("trainer") or {}
+        listed = trainer.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        defaults = kept_defaults({key: config.get(key) for key in DEFAULTS}, trainer)
+        return super().instantiate_trainer(**{"callbacks": [*listed, *defaults], **kwargs})
+
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())
 
     def before_predict(self) -> None:
-        # The model comes from the checkpoint's own hyperparameters: the data (and so data.num_classes, linked
-        # into the config's model) may be absent or different when predicting new images.
-        ckpt = self.config.predict.ckpt_path
-        self.model = type(self.model).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+        config = self.config.predict
+        if self.trainer.world_size > 1:
+            raise CifarlitError(
+                "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
+            )
+        # The module comes from the checkpoint alone: the data (and so data.num_classes, linked into the config's
+        # model) may be absent or different when predicting new images.
+        checkpoint, self.checkpoint = self.checkpoint, None
+        self.model = predict.module_from(checkpoint, LitMLP, **{key: config.model[key] for key in RUN_CHOICES})
+        path = predict.csv_path(config.output, self.trainer, config.ckpt_path)
+        self.trainer.callbacks.append(predict.PredictionsCSV(path, config.probabilities, checkpoint))
+        self.config_init.predict.ckpt_path = None  # restored from the file read once: Lightning reads it no more
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -108,75 +156,31 @@ class CifarCLI(LightningCLI):
             return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         trainer.callbacks.append(PerClassReport())  # not during fit: every callback costs every training step
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True,
-                     tta=self.config.fit.get("test_tta", "none"))  # fmt: skip
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True)
 
 
-def build_cli(args: list[str] | None, callbacks: list | None = None) -> CifarCLI:
-    return CifarCLI(
-        LitMLP,
-        CIFAR10DataModule,
-        trainer_class=CifarTrainer,
-        save_config_callback=RunRecord,  # config.yaml, run_info.json and the TensorBoard hparams
-        save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
-        trainer_defaults={"callbacks": callbacks} if callbacks else None,  # added to the config's callbacks
-        args=args,
-    )
+def build_cli(args: list[str] | None, callbacks: list | None = None, run: bool = True) -> CifarCLI:
+    """``cifarlit SUBCOMMAND ARGS`` through LightningCLI; ``callbacks`` are added to the config's (e.g. tune's pruner,
+    which cannot come from YAML). With ``run=False`` ARGS name no subcommand: the classes are built, not run."""
+    no_exit = {"exit_on_error": False}  # a parse error is raised, and reported as one sentence
+    try:
+        return CifarCLI(
+            LitMLP,
+            CIFAR10DataModule,
+            trainer_class=CifarTrainer,
+            save_config_callback=RunRecord,  # config.yaml, run_info.json and the TensorBoard hparams
+            save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
+            trainer_defaults={"callbacks": callbacks} if callbacks else None,
+            parser_kwargs={**no_exit, **{name: dict(no_exit) for name in SUBCOMMANDS},
+                           "predict": {**no_exit, "options": predict.options}},  # fmt: skip
+            args=args,
+            run=run,
+        )
+    except ArgumentError as err:
+        subcommand = next((arg for arg in args or sys.argv[1:] if arg in SUBCOMMANDS), None)
+        sys.exit(report(parse_error(err, f"cifarlit {subcommand}" if subcommand else "cifarlit")))
 
 
-# Trainer options whose invalid values Lightning reports as a traceback (or a division by zero, or not at all):
-# each with what is valid, checked before anything is built.
-TRAINER_NUMBERS = {
-    "max_epochs": ("a whole number >= 0, or -1 for no limit", lambda v: v is None or _whole(v, -1)),
-    "min_epochs": ("a whole number >= 0", lambda v: v is None or _whole(v, 0)),
-    "max_steps": ("a whole number >= 0, or -1 for no limit", lambda v: _whole(v, -1)),
-    "min_steps": ("a whole number >= 0", lambda v: v is None or _whole(v, 0)),
-    "accumulate_grad_batches": ("a whole number >= 1", lambda v: _whole(v, 1)),
-    "check_val_every_n_epoch": ("a whole number >= 1, or null", lambda v: v is None or _whole(v, 1)),
-    "log_every_n_steps": ("a whole number >= 0 (0: never)", lambda v: v is None or _whole(v, 0)),
-    "num_sanity_val_steps": ("a whole number >= 0, or -1 for the whole split", lambda v: v is None or _whole(v, -1)),
-    "reload_dataloaders_every_n_epochs": ("a whole number >= 0", lambda v: _whole(v, 0)),
-    "num_nodes": ("a whole number >= 1", lambda v: _whole(v, 1)),
-    "devices": ("a count >= 1, -1 for all, 'auto' or a list of device indices", lambda v: _devices(v)),
-    "fast_dev_run": ("true, false or a number of batches >= 0", lambda v: isinstance(v, bool) or _whole(v, 0)),
-    "gradient_clip_val": ("a number >= 0, or null", lambda v: v is None or _number(v, 0)),
-    "val_check_interval": ("a fraction of an epoch in (0, 1] or a whole number of batches >= 1",
-                           lambda v: not _number(v, -math.inf) or _share(v, 1) and v != 0),
-    "overfit_batches": ("a fraction in [0, 1] or a whole number of batches >= 0", lambda v: _share(v, 0)),
-}  # fmt: skip
-TRAINER_NUMBERS |= {
-    f"limit_{split}_batches": ("a fraction in [0, 1] or a whole number of batches >= 0, or null",
-                               lambda v: v is None or _share(v, 0))
-    for split in ("train", "val", "test", "predict")
-}  # fmt: skip
-
-
-def check_trainer_numbers(trainer) -> None:
-    """Refuse a Trainer count or fraction out of its range, naming the option, the value and what is valid."""
-    for option, (valid, ok) in TRAINER_NUMBERS.items():
-        value = trainer.get(option)
-        if option in trainer and not ok(value):
-            raise CifarlitError(f"trainer.{option}={value!r} is not valid: use {valid}.")
-
-
-def _whole(value, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _number(value, least: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= least
-
-
-def _share(value, least_count: int) -> bool:
-    """A fraction in [0, 1] (a float) or a count (an int) of at least ``least_count``."""
-    return _whole(value, least_count) or (isinstance(value, float) and 0 <= value <= 1)
-
-
-def _devices(value) -> bool:
-    """A device count is -1 (all) or >= 1; "0" arrives as a string (devices may also be a list or "auto")."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    return not isinstance(value, int) or isinstance(value, bool) or value == -1 or value >= 1
 
 
 def _named_classes(config) -> dict[str, str]:
@@ -184,6 +188,144 @@ def _named_classes(config) -> dict[str, str]:
     model = config.get("model") or {}
     named = {key: getattr(model.get(key), "class_path", None) for key in ("net", "optimizer", "lr_scheduler")}
     return {key: path for key, path in named.items() if isinstance(path, str)}
+
+
+TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "a text", "bool": "true or false", "NoneType": "null"}
+
+
+def parse_error(err: ArgumentError, prog: str, valid: typing.Mapping[str, str] | None = None) -> CifarlitError:
+    """jsonargparse's complaint as one sentence: the option, the value and what would be valid (from ``valid``,
+    option name: what is valid, else from the types jsonargparse expected)."""
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", " ".join(str(err).split()))
+    keyed = re.match(r'Parser key "([\w.]+)":\s*(.*)$', text)
+    key = keyed.group(1) if keyed else ""
+    given = re.search(r"(?:Got|Given) value: (.+?)(?: Given value type:.*)?$", text)
+    unknown = re.search(r"Option '([\w.]+)' is not accepted", text)
+    required = re.match(r"the following arguments are required: ([\w., ]+)$", text)
+    if given and key in (valid or {}):
+        return CifarlitError(f"--{key} {given.group(1)!r} is not valid: use {valid[key]}.")
+    if required:
+        names = " and ".join(f"--{name.strip()}" for name in required.group(1).split(","))
+        return CifarlitError(f"{prog} needs {names}; see `{prog} --help` for what to pass.")
+    if keyed and unknown:
+        return CifarlitError(f"--{key}.{unknown.group(1)} is not an option of --{key}; see `{prog} --help`.")
+    missing = re.search(r"module '([\w.]+)' has no attribute '(\w+)'", text)
+    if keyed and given and missing:
+        return CifarlitError(f"--{key} {given.group(1)!r} is not valid: {missing.group(1)} has no {missing.group(2)}.")
+    expected = re.findall(r"Expected an? (typing\.Literal\[[^\]]*\]|\w+(?:\.\w+)*)(?=\.? -|\.? Got|\.? Given|\.?$)", text)
+    if keyed and given and expected:
+        words = [item[15:-1] if item.startswith("typing.Literal[") else TYPE_WORDS.get(item, item) for item in expected]
+        return CifarlitError(f"--{key} {given.group(1)!r} is not valid: use {' or '.join(words)}.")
+    if keyed:
+        text = f"--{key}: {keyed.group(2)}"
+    if len(text) > 300:  # a union's error lists every type it tried
+        text = text[:300].rsplit(" ", 1)[0] + " ..."
+    return CifarlitError(f"{text.rstrip('.')}; see `{prog} --help` for the options.")
+
+
+# --- the commands beside LightningCLI's ---------------------------------------------------------------------------
+
+
+def run_command(name: str, argv: list[str]) -> int | None:
+    """``cifarlit NAME ARGS``: ``cifarlit.commands.NAME.main`` called with the options jsonargparse parses from its
+    signature (its docstring's ``Args:`` are the ``--help``), after ``-c/--config`` files of them.
+
+    Three conventions of a ``main``: a required ``list[str]`` argument takes the positional values (compare's runs);
+    an argument ``data`` takes fit's ``--data.*`` options, and its ``-c`` files are fit configs, whose ``data:``
+    section it reads as fit does (prepare); ``fit_args`` takes every argument that is not its own, ``-c`` files
+    included, and ``run_fit`` runs one fit with them (tune). A ``bool`` option may be given alone (``--overwrite``).
+    """
+    module = _command_module(name)
+    main, prog = module.main, f"cifarlit {name}"
+    arguments = inspect.signature(main).parameters
+    hints = typing.get_type_hints(main)
+    injected = {}
+    parser = ArgumentParser(prog=prog, description=inspect.getdoc(main).split("\n\n")[0], exit_on_error=False)
+    if "fit_args" in arguments:
+        argv, injected["fit_args"] = _own_arguments(argv, arguments, hints)
+        injected["run_fit"] = run_fit
+    elif "data" in arguments:
+        argv = _data_sections(argv)
+        parser.add_class_arguments(CIFAR10DataModule, "data", instantiate=False, sub_configs=True)
+    else:
+        parser.add_argument("-c", "--config", action="config", help="A YAML file of these options.")
+    positional = [key for key, p in arguments.items() if p.default is p.empty and hints.get(key) == list[str]]
+    for key in positional:
+        parser.add_argument(key, nargs="+", help=_argument_help(main, key))
+    parser.add_function_arguments(main, as_group=False, skip={*injected, *positional, "data"})
+    try:
+        options = parser.parse_args(_bare_flags(argv, hints))
+    except ArgumentError as err:
+        raise parse_error(err, prog, getattr(module, "VALID", None)) from None
+    options = {key: value for key, value in vars(options).items() if key in arguments}
+    if "data" in options:
+        options["data"] = options["data"].as_dict()
+    return main(**options, **injected)
+
+
+def _command_module(name: str):
+    try:
+        return importlib.import_module(f"cifarlit.commands.{name}")
+    except ModuleNotFoundError as err:  # an optional extra (serve's LitServe)
+        if err.name.startswith("cifarlit"):
+            raise
+        raise CifarlitError(f"cifarlit {name} needs {err.name}: pip install 'cifarlit[{name}]'.") from None
+
+
+def _argument_help(function, name: str) -> str | None:
+    import docstring_parser  # jsonargparse's own reader of the Args: section
+
+    return next((p.description for p in docstring_parser.parse(inspect.getdoc(function)).params
+                 if p.arg_name == name), None)  # fmt: skip
+
+
+def _bare_flags(argv: list[str], hints: dict) -> list[str]:
+    """``--flag`` alone, followed by nothing or another option, as ``--flag true`` for a bool option."""
+    flags = {f"--{key}" for key, hint in hints.items() if hint is bool}
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("true")
+    return out
+
+
+def _own_arguments(argv: list[str], arguments, hints: dict) -> tuple[list[str], list[str]]:
+    """``argv`` split into the options of the command (``--name value``, ``--name=value``, ``-h``) and the rest."""
+    own_names = {f"--{key}" for key in arguments if key not in ("fit_args", "run_fit")} | {"-h", "--help"}
+    own, rest, i = [], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        takes_value = name not in ("-h", "--help") and "=" not in argv[i] and hints.get(name[2:]) is not bool
+        if name in own_names:
+            own += argv[i : i + 1 + takes_value]
+            i += 1 + takes_value
+        else:
+            rest.append(argv[i])
+            i += 1
+    return own, rest
+
+
+def _data_sections(argv: list[str]) -> list[str]:
+    """Each ``-c FILE`` (a fit config) as ``--data <its data: section>``: jsonargparse checks and merges those
+    options as fit would, later files and options winning; the other sections are a training's, not read."""
+    import yaml
+
+    out, configs = [], iter(argv)
+    for arg in configs:
+        name, _, value = arg.partition("=")
+        if name not in ("-c", "--config"):
+            out.append(arg)
+            continue
+        path = value or next(configs, "")
+        try:
+            section = (yaml.safe_load(Path(path).read_text()) or {}).get("data")
+        except (OSError, UnicodeDecodeError, AttributeError, yaml.YAMLError) as err:
+            raise CifarlitError(f"-c {path} cannot be read as a fit config ({err.__class__.__name__}): pass a "
+                                "YAML config such as configs/default.yaml.") from None  # fmt: skip
+        if section:
+            out += ["--data", yaml.safe_dump(section)]
+    return out
 
 
 def run_fit(args: list[str], extra_callbacks: list | None = None) -> CifarCLI:
@@ -195,28 +337,8 @@ def cli_main(args: list[str] | None = None) -> CifarCLI | None:
     """Entry point; user mistakes end in one sentence on stderr and exit status 2, not a traceback."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] == ["compare"]:  # reads finished runs: needs no model, data or trainer
-            from cifarlit.commands.compare import main
-
-            sys.exit(main(argv[1:]))
-        if argv[:1] == ["tune"]:  # many fits under an Optuna study; each trial is `fit` through this CLI
-            from cifarlit.commands.tune import main
-
-            sys.exit(main(argv[1:], run_fit))
-        if argv[:1] == ["prepare"]:  # a dataset written once as LitData chunks: needs no model or trainer
-            from cifarlit.commands.prepare import main
-
-            sys.exit(main(argv[1:]))
-        if argv[:1] == ["export"]:  # a checkpoint in, one model file out: needs no data or trainer
-            from cifarlit.commands.export import main
-
-            sys.exit(main(argv[1:]))
-        if argv[:1] == ["serve"]:  # a model behind HTTP (LitServe): needs no data or trainer
-            try:
-                from cifarlit.commands.serve import main
-            except ModuleNotFoundError as err:  # an optional extra
-                raise CifarlitError(f"cifarlit serve needs {err.name}: pip install 'cifarlit[serve]'.") from None
-            sys.exit(main(argv[1:]))
+        if argv[:1] and argv[0] in COMMANDS:
+            sys.exit(run_command(argv[0], argv[1:]) or 0)
         return build_cli(args)
     except CifarlitError as err:
         sys.exit(report(err))

@@ -8,12 +8,12 @@ writing leaves it, is read up to where it ends.
 
 from __future__ import annotations
 
-import argparse
 import glob
 from pathlib import Path
+from typing import Literal
 
 from cifarlit.utils import figures
-from cifarlit.utils.errors import CifarlitError, report
+from cifarlit.utils.errors import CifarlitError
 from cifarlit.utils.files import atomic_write, check_output
 
 CURVES = ("loss", "acc")
@@ -139,31 +139,27 @@ def plot(runs: dict[str, dict[str, list[float]]], path: Path, x: str = "epoch") 
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cifarlit compare", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run folders or globs, e.g. 'lightning_logs/*/version_*'")
-    parser.add_argument(
-        "--output", default=None, help="where to write the learning-curve PNG (default: compare.png in the folder "
-        "that holds the runs, e.g. lightning_logs/)"
-    )  # fmt: skip
-    parser.add_argument("--table", default=None, help="also write the markdown table to this file")
-    parser.add_argument("--x", choices=("epoch", "time"), default="epoch", help="the curves' x axis: epochs, or "
-                        "wall-clock seconds since each run started")  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        paths = find_runs(args.runs)
-        output = check_output(Path(args.output) if args.output else common_folder(paths) / "compare.png",
-                              "--output", "compare.png")  # fmt: skip
-        if args.table:
-            check_output(Path(args.table), "--table", "compare.md")
-        runs = {run_name(p, paths): read_run(p) for p in paths}
-    except CifarlitError as err:
-        return report(err)
-    plot(runs, output, args.x)
-    table = summary_table(runs)
-    print(table)
-    if args.table:
-        with atomic_write(Path(args.table)) as f:
-            f.write(table + "\n")
-    print(f"\ncurves: {output}")
+def main(runs: list[str], output: str | None = None, table: str | None = None,
+         x: Literal["epoch", "time"] = "epoch") -> int:  # fmt: skip
+    """Learning curves of several runs side by side, and a markdown table of their metrics.
+
+    Args:
+        runs: run folders or globs, e.g. 'lightning_logs/*/version_*'; a folder above runs expands to them.
+        output: where to write the learning-curve PNG (default: compare.png in the folder that holds the runs,
+            e.g. lightning_logs/).
+        table: also write the markdown table to this file.
+        x: the curves' x axis: epochs, or wall-clock seconds since each run started.
+    """
+    paths = find_runs(runs)
+    png = check_output(Path(output) if output else common_folder(paths) / "compare.png", "--output", "compare.png")
+    if table:
+        check_output(Path(table), "--table", "compare.md")
+    read = {run_name(p, paths): read_run(p) for p in paths}
+    plot(read, png, x)
+    text = summary_table(read)
+    print(text)
+    if table:
+        with atomic_write(Path(table), encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(f"\ncurves: {png}")
     return 0

@@ -15,9 +15,9 @@ what the inputs were normalized with), ``image_shape``, ``num_classes``, ``libra
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,10 +25,11 @@ from torch import nn
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.split import normalizer
 from cifarlit.utils import checkpoints
-from cifarlit.utils.errors import CifarlitError, report
+from cifarlit.utils.errors import CifarlitError
 from cifarlit.utils.files import atomic_path, check_output
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+VALID = {"format": ", ".join(FORMATS)}  # what each option takes, for its error message
 
 
 class ExportedClassifier(nn.Module):
@@ -76,7 +77,7 @@ def load(ckpt_path: Path) -> tuple[ExportedClassifier, tuple[int, int, int]]:
 def export(ckpt_path: Path, format: str, output: Path | None = None) -> Path:
     """Write the checkpoint's model as ONNX or TorchScript, or its weights as safetensors; returns the file written."""
     if format not in FORMATS:
-        raise CifarlitError(f"--format {format!r} is not supported: use one of {', '.join(FORMATS)}.")
+        raise CifarlitError(f"--format {format!r} is not valid: use {VALID['format']}.")
     model, (c, h, w) = load(ckpt_path)
     if output is None:  # next to the checkpoint, e.g. checkpoints/last.onnx
         output = ckpt_path.with_name(ckpt_path.name.removesuffix(".ckpt") + FORMATS[format])
@@ -123,22 +124,17 @@ def _export_onnx(model: ExportedClassifier, example: torch.Tensor, output: Path)
     program.save(str(output), external_data=False)  # one self-contained file
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cifarlit export",
-        description="Export a trained checkpoint to ONNX or TorchScript: uint8 (B, H, W, 3) RGB images in, "
-        "class probabilities (B, num_classes) out, normalization inside; or its weights as safetensors, with the "
-        "class names, mean/std and image shape as metadata (timm reads a TimmNet's back).",
-    )
-    parser.add_argument("--ckpt_path", required=True, type=Path, help="checkpoint written by `cifarlit fit`")
-    parser.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
-    parser.add_argument(
-        "--output", type=Path, help="file to write (default: next to the checkpoint, .onnx, .pt or .safetensors)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        path = export(args.ckpt_path, args.format, args.output)
-    except CifarlitError as err:
-        return report(err)
-    print(f"exported {args.format} model: {path}")
+def main(ckpt_path: Path, format: Literal["onnx", "torchscript", "safetensors"] = "onnx",
+         output: Path | None = None) -> int:  # fmt: skip
+    """Export a trained checkpoint to ONNX or TorchScript (uint8 (B, H, W, 3) RGB images in, class probabilities
+    (B, num_classes) out, normalization inside), or its weights as safetensors with the class names, mean/std and
+    image shape as metadata (timm reads a TimmNet's back).
+
+    Args:
+        ckpt_path: a checkpoint written by `cifarlit fit`.
+        format: onnx, torchscript or safetensors.
+        output: the file to write (default: next to the checkpoint, .onnx, .pt or .safetensors).
+    """
+    path = export(Path(ckpt_path), format, Path(output) if output else None)
+    print(f"exported {format} model: {path}")
     return 0

@@ -66,6 +66,9 @@ class LitMLP(L.LightningModule):
         scheduler_monitor: metric that ReduceLROnPlateau watches.
         label_smoothing: training loss only (val/test report plain cross-entropy, comparable across runs).
         compile: run the network through ``torch.compile`` (worth it on a GPU; compiling takes a minute).
+        tta: test-time augmentation of test and predict (and the test after fit): ``flip`` scores each image as
+            the mean of its and its mirror's logits. A run's choice: testing a checkpoint takes it from the command
+            line (``--model.tta flip``), not from the checkpoint.
     """
 
     # Where the classes a checkpoint's hyperparameters may name come from (``checkpoint_hparams``): cifarlit's
@@ -88,6 +91,7 @@ class LitMLP(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
         compile: bool = False,
+        tta: Literal["none", "flip"] = "none",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -128,7 +132,7 @@ class LitMLP(L.LightningModule):
             stage: [] for stage in STAGES
         }
         self._first_step = 0  # global step at the start of the training epoch
-        self.tta: Literal["none", "flip"] = "none"  # test-time augmentation of test and predict: a run's choice
+        self.tta = tta
 
     @property
     def head_name(self) -> str:
@@ -178,9 +182,7 @@ class LitMLP(L.LightningModule):
         return loss, logits
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits that test and predict use: with ``tta = "flip"`` the mean of the image's and its mirror's
-        (test-time augmentation; set by ``cifarlit test --tta flip``, ``predict --tta flip`` or
-        ``fit --test_tta flip``)."""
+        """The logits that test and predict use: with ``tta = "flip"`` the mean of the image's and its mirror's."""
         logits = self(x)
         return (logits + self(x.flip(-1))) / 2 if self.tta == "flip" else logits
 

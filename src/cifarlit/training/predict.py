@@ -1,13 +1,100 @@
-"""What `cifarlit predict` writes: a Kaggle-style CSV of one predicted class name per image."""
+"""What `cifarlit predict` writes: a Kaggle-style CSV of one predicted class name per image, from a checkpoint that
+is read once.
+
+The CLI reads and checks the checkpoint (:func:`cifarlit.utils.checkpoints.load_checkpoint`), builds the module
+from it (:func:`module_from`) and hands it to Lightning's predict with :class:`PredictionsCSV`, which applies the
+checkpoint's data state (normalization, classes, image size) where Lightning's own restore would, and writes the
+CSV once every image is scored. Nothing reads the file again.
+"""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 
-from cifarlit.utils.files import atomic_write
+from cifarlit.utils.errors import CifarlitError
+from cifarlit.utils.files import atomic_write, check_output
+
+DEFAULT_NAME = "predictions.csv"
+
+
+def options(output: str | None = None, probabilities: bool = False) -> None:
+    """The options `cifarlit predict` takes besides Lightning's (the CLI reads them from this signature).
+
+    Args:
+        output: the CSV to write (``id,label``; ``id`` is the file-name stem, or the index in the test split).
+            Default: predictions.csv in the run folder, or without a logger in the folder of the checkpoint's run.
+        probabilities: add a ``prob_<class>`` column per class.
+    """
+
+
+def module_from(checkpoint: Mapping, model_class: type[LightningModule], **overrides) -> LightningModule:
+    """The module ``checkpoint`` (already read and checked) holds, weights and all: what ``load_from_checkpoint``
+    builds from the file, built from the dict. ``overrides`` replace hyperparameters that are a run's own choice
+    (``tta``)."""
+    from lightning.pytorch.cli import instantiate_module
+
+    hparams = dict(checkpoint["hyper_parameters"])
+    by_cli = hparams.pop("_instantiator", None) is not None  # factories as {class_path, init_args}, as the CLI's
+    hparams.update(overrides)
+    module = instantiate_module(model_class, hparams) if by_cli else model_class(**hparams)
+    module.on_load_checkpoint(dict(checkpoint))  # as load_from_checkpoint does: before the weights
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
+def csv_path(output: str | None, trainer: Trainer, ckpt_path: str) -> Path:
+    """The CSV to write, checked before any image is scored: ``output``, else ``predictions.csv`` in the run folder,
+    or without a logger in the run folder of ``ckpt_path`` (never the working directory)."""
+    if output:
+        path = Path(output)
+    elif trainer.logger is not None:
+        path = Path(trainer.log_dir) / DEFAULT_NAME
+    else:
+        ckpt = Path(ckpt_path).resolve()
+        path = (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / DEFAULT_NAME
+    return check_output(path, "--output", DEFAULT_NAME)
+
+
+class PredictionsCSV(BasePredictionWriter):
+    """Writes the class probabilities every predict step returned as one CSV (:func:`write_csv`), ids and class
+    names from the data module, once the whole split is scored.
+
+    Args:
+        path: the CSV (see :func:`csv_path`).
+        probabilities: add a ``prob_<class>`` column per class.
+        checkpoint: the checkpoint the module was built from; its data module state is applied when the run sets
+            up, after the data module's own setup, where Lightning's restore would apply it.
+    """
+
+    def __init__(self, path: Path, probabilities: bool = False, checkpoint: Mapping | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.path, self.probabilities = path, probabilities
+        self.states = {key: value for key, value in (checkpoint or {}).items() if key != "state_dict"}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        state = self.states.get(type(datamodule).__qualname__) if datamodule is not None else None
+        if state is not None:
+            datamodule.load_state_dict(state)
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions, batch_indices) -> None:
+        probs = torch.cat([batch.float().cpu() for batch in predictions])  # (N, num_classes), each row sums to 1
+        datamodule = trainer.datamodule
+        ids = getattr(datamodule, "predict_ids", None) or [str(i) for i in range(len(probs))]
+        classes = tuple(datamodule.classes) if datamodule is not None else tuple(map(str, range(probs.shape[1])))
+        if len(classes) != probs.shape[1]:
+            raise CifarlitError(
+                f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
+                "use the checkpoint and data of the same training run."
+            )
+        write_csv(self.path, ids, probs, classes, self.probabilities)
+        print(f"predictions for {len(ids)} images: {self.path}")
 
 
 def write_csv(

@@ -1,4 +1,5 @@
-"""``CifarTrainer``: Lightning's Trainer with cifarlit's device policy, plus ``explore`` and predict-to-CSV.
+"""``CifarTrainer``: Lightning's Trainer with cifarlit's device policy and ``explore``, and the check of its count and
+fraction options.
 
 The device policy is what a user should not have to know:
 
@@ -18,7 +19,9 @@ The device policy is what a user should not have to know:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -84,20 +87,6 @@ def _without_nvml_cuda_check(device: torch.device):
             os.environ[_NVML_CHECK] = saved
 
 
-@contextlib.contextmanager
-def _tta(trainer: Trainer, model, tta: str):
-    """Set the module's test-time augmentation for one test or predict run, and put it back after."""
-    module = model if model is not None else trainer.lightning_module
-    before = getattr(module, "tta", None)
-    if module is not None and before is not None:
-        module.tta = tta
-    try:
-        yield
-    finally:
-        if module is not None and before is not None:
-            module.tta = before
-
-
 class CifarTrainer(Trainer):
     """Lightning's Trainer; every Trainer option is accepted as it is, with two more and one more value.
 
@@ -142,11 +131,13 @@ class CifarTrainer(Trainer):
         self._skip_unused_hooks()
         return super().validate(*args, **kwargs)
 
-    def test(self, *args, tta: Literal["none", "flip"] = "none", **kwargs):
-        """Lightning's test; ``tta: flip`` scores each image as the mean of its and its mirror's logits."""
+    def test(self, *args, **kwargs):
         self._skip_unused_hooks()
-        with _tta(self, kwargs.get("model", args[0] if args else None), tta):
-            return super().test(*args, **kwargs)
+        return super().test(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self._skip_unused_hooks()
+        return super().predict(*args, **kwargs)
 
     def explore(
         self,
@@ -198,57 +189,57 @@ class CifarTrainer(Trainer):
                 self.logger.experiment.flush()
         return splits
 
-    def _run_dir(self, ckpt_path: str | None) -> Path:
-        """This run's folder, or without a logger the run folder of ``ckpt_path`` (never the working directory)."""
-        if self.logger is not None:
-            return Path(self.log_dir)
-        ckpt = Path(ckpt_path).resolve()
-        return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
-    def predict(
-        self,
-        model: LitMLP | None = None,
-        dataloaders=None,
-        datamodule: CIFAR10DataModule | None = None,
-        return_predictions: bool | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool | None = None,
-        output: str | None = None,
-        probabilities: bool = False,
-        tta: Literal["none", "flip"] = "none",
-    ) -> list[torch.Tensor]:
-        """Predict the test split, or the images in ``--data.predict_dir``, and write them to a CSV.
+# Trainer options whose invalid values Lightning reports as a traceback (or a division by zero, or not at all):
+# each with what is valid, checked before anything is built.
+NUMBERS = {
+    "max_epochs": ("a whole number >= 0, or -1 for no limit", lambda v: v is None or _whole(v, -1)),
+    "min_epochs": ("a whole number >= 0", lambda v: v is None or _whole(v, 0)),
+    "max_steps": ("a whole number >= 0, or -1 for no limit", lambda v: _whole(v, -1)),
+    "min_steps": ("a whole number >= 0", lambda v: v is None or _whole(v, 0)),
+    "accumulate_grad_batches": ("a whole number >= 1", lambda v: _whole(v, 1)),
+    "check_val_every_n_epoch": ("a whole number >= 1, or null", lambda v: v is None or _whole(v, 1)),
+    "log_every_n_steps": ("a whole number >= 0 (0: never)", lambda v: v is None or _whole(v, 0)),
+    "num_sanity_val_steps": ("a whole number >= 0, or -1 for the whole split", lambda v: v is None or _whole(v, -1)),
+    "reload_dataloaders_every_n_epochs": ("a whole number >= 0", lambda v: _whole(v, 0)),
+    "num_nodes": ("a whole number >= 1", lambda v: _whole(v, 1)),
+    "devices": ("a count >= 1, -1 for all, 'auto' or a list of device indices", lambda v: _devices(v)),
+    "fast_dev_run": ("true, false or a number of batches >= 0", lambda v: isinstance(v, bool) or _whole(v, 0)),
+    "gradient_clip_val": ("a number >= 0, or null", lambda v: v is None or _number(v, 0)),
+    "val_check_interval": ("a fraction of an epoch in (0, 1] or a whole number of batches >= 1",
+                           lambda v: not _number(v, -math.inf) or _share(v, 1) and v != 0),
+    "overfit_batches": ("a fraction in [0, 1] or a whole number of batches >= 0", lambda v: _share(v, 0)),
+}  # fmt: skip
+NUMBERS |= {
+    f"limit_{split}_batches": ("a fraction in [0, 1] or a whole number of batches >= 0, or null",
+                               lambda v: v is None or _share(v, 0))
+    for split in ("train", "val", "test", "predict")
+}  # fmt: skip
 
-        Args:
-            return_predictions: ignored: the CSV needs them, so they are always kept (and returned).
-            ckpt_path: the trained checkpoint; it holds the weights, the class names and the normalization
-                statistics, so the training data need not be on disk.
-            output: the CSV to write (``id,label``; ``id`` is the file-name stem, or the index in the test
-                split). Default: ``predictions.csv`` in the run directory, or without a logger in the folder of
-                the checkpoint's run.
-            probabilities: add a ``prob_<class>`` column per class.
-            tta: ``flip`` predicts from the mean of each image's and its mirror's logits.
-        """
-        from cifarlit.training.predict import write_csv
 
-        if self.world_size > 1:
-            raise CifarlitError(
-                "predict writes one CSV from one process: run it with --trainer.devices 1 and no DDP strategy."
-            )
-        path = Path(output) if output else self._run_dir(ckpt_path) / "predictions.csv"
-        check_output(path, "--output", "predictions.csv")  # before the predictions, not after
-        self._skip_unused_hooks()
-        with _tta(self, model, tta):
-            batches = super().predict(model, dataloaders, datamodule, True, ckpt_path, weights_only)
-        probs = torch.cat([b.float().cpu() for b in batches])  # (N, num_classes), each row sums to 1
-        dm = self.datamodule
-        ids = getattr(dm, "predict_ids", None) or [str(i) for i in range(len(probs))]
-        classes = tuple(dm.classes) if dm is not None else tuple(str(i) for i in range(probs.shape[1]))
-        if len(classes) != probs.shape[1]:
-            raise CifarlitError(
-                f"the model predicts {probs.shape[1]} classes but the data names {len(classes)} ({list(classes)}): "
-                "use the checkpoint and data of the same training run."
-            )
-        write_csv(path, ids, probs, classes, probabilities)
-        print(f"predictions for {len(ids)} images: {path}")
-        return batches
+def check_numbers(options: Mapping) -> None:
+    """Refuse a Trainer count or fraction out of its range, naming the option, the value and what is valid."""
+    for option, (valid, ok) in NUMBERS.items():
+        value = options.get(option)
+        if option in options and not ok(value):
+            raise CifarlitError(f"trainer.{option}={value!r} is not valid: use {valid}.")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _number(value, least: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= least
+
+
+def _share(value, least_count: int) -> bool:
+    """A fraction in [0, 1] (a float) or a count (an int) of at least ``least_count``."""
+    return _whole(value, least_count) or (isinstance(value, float) and 0 <= value <= 1)
+
+
+def _devices(value) -> bool:
+    """A device count is -1 (all) or >= 1; "0" arrives as a string (devices may also be a list or "auto")."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    return not isinstance(value, int) or isinstance(value, bool) or value == -1 or value >= 1
