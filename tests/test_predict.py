@@ -211,12 +211,25 @@ def test_two_files_with_one_id_are_refused(own_run, new_images, tmp_path, monkey
     assert "which is their id in the predictions CSV: rename one" in capsys.readouterr().err
 
 
-def test_predict_under_ddp_is_refused_before_anything_runs(own_run, new_images, tmp_path, monkeypatch, capsys,
-                                                          one_process_ddp):
+def test_predict_under_ddp_is_refused_before_anything_runs(
+    own_run, new_images, tmp_path, monkeypatch, capsys, one_process_ddp
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        predict(own_run, tmp_path, "--data.predict_dir", str(new_images[0]), "--trainer.strategy", "ddp",
-                "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--output", str(tmp_path / "p.csv"))
+        predict(
+            own_run,
+            tmp_path,
+            "--data.predict_dir",
+            str(new_images[0]),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--output",
+            str(tmp_path / "p.csv"),
+        )
     assert exit_info.value.code == 2
     assert "predict writes one CSV from one process" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()

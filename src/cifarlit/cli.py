@@ -171,16 +171,17 @@ def build_cli(args: list[str] | None, callbacks: list | None = None, run: bool =
             save_config_callback=RunRecord,  # config.yaml, run_info.json and the TensorBoard hparams
             save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
             trainer_defaults={"callbacks": callbacks} if callbacks else None,
-            parser_kwargs={**no_exit, **{name: dict(no_exit) for name in SUBCOMMANDS},
-                           "predict": {**no_exit, "options": predict.options}},  # fmt: skip
+            parser_kwargs={
+                **no_exit,
+                **{name: dict(no_exit) for name in SUBCOMMANDS},
+                "predict": {**no_exit, "options": predict.options},
+            },  # fmt: skip
             args=args,
             run=run,
         )
     except ArgumentError as err:
         subcommand = next((arg for arg in args or sys.argv[1:] if arg in SUBCOMMANDS), None)
         sys.exit(report(parse_error(err, f"cifarlit {subcommand}" if subcommand else "cifarlit")))
-
-
 
 
 def _named_classes(config) -> dict[str, str]:
@@ -190,7 +191,13 @@ def _named_classes(config) -> dict[str, str]:
     return {key: path for key, path in named.items() if isinstance(path, str)}
 
 
-TYPE_WORDS = {"int": "a whole number", "float": "a number", "str": "a text", "bool": "true or false", "NoneType": "null"}
+TYPE_WORDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": "a text",
+    "bool": "true or false",
+    "NoneType": "null",
+}
 
 
 def parse_error(err: ArgumentError, prog: str, valid: typing.Mapping[str, str] | None = None) -> CifarlitError:
@@ -212,7 +219,9 @@ def parse_error(err: ArgumentError, prog: str, valid: typing.Mapping[str, str] |
     missing = re.search(r"module '([\w.]+)' has no attribute '(\w+)'", text)
     if keyed and given and missing:
         return CifarlitError(f"--{key} {given.group(1)!r} is not valid: {missing.group(1)} has no {missing.group(2)}.")
-    expected = re.findall(r"Expected an? (typing\.Literal\[[^\]]*\]|\w+(?:\.\w+)*)(?=\.? -|\.? Got|\.? Given|\.?$)", text)
+    expected = re.findall(
+        r"Expected an? (typing\.Literal\[[^\]]*\]|\w+(?:\.\w+)*)(?=\.? -|\.? Got|\.? Given|\.?$)", text
+    )
     if keyed and given and expected:
         words = [item[15:-1] if item.startswith("typing.Literal[") else TYPE_WORDS.get(item, item) for item in expected]
         return CifarlitError(f"--{key} {given.group(1)!r} is not valid: use {' or '.join(words)}.")
