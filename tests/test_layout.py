@@ -62,7 +62,6 @@ def test_the_graph_sees_function_level_imports():
     assert "utils.errors" in GRAPH["models.nets"] and "data.explore" in GRAPH["training.trainer"]
 
 
-
 def test_every_command_the_cli_dispatches_is_a_module_of_commands():
     from cifarlit.cli import COMMANDS  # run_command imports cifarlit.commands.<name> by name, when it is run
 

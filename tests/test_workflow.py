@@ -25,6 +25,7 @@ def compare_main(argv: list[str]) -> int:
     except CifarlitError as err:
         return report(err)
 
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "configs" / "default.yaml")
 
