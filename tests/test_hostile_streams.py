@@ -454,3 +454,29 @@ def test_prepare_overwrite_replaces_a_stream_and_fills_an_empty_folder(small_dat
     assert prepare("--data.data_dir", str(small_data), "--output", str(tmp_path / "empty")) == 0
     CIFAR10DataModule(stream=str(tmp_path / "empty")).setup("fit")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "old"]  # no partial or replaced copy left
+
+
+# --- labels: a chunk's labels must name the stream's classes --------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["negative", "the class count", "huge"])
+@pytest.mark.parametrize("split", stream.SPLITS)
+def test_a_streamed_label_outside_the_classes_is_refused_in_one_sentence(bad, split, copy):
+    """A chunk whose index and layout are consistent, but one label is not a class of cifarlit-stream.json: the
+    loss would index past its classes (a device-side assert on a GPU); each loader refuses the batch instead."""
+    meta = json.loads((copy / stream.META_NAME).read_text())
+    classes, shape = len(meta["classes"]), tuple(meta["shape"])
+    value = {"negative": -1, "the class count": classes, "huge": 2**40}[bad]
+
+    def wrong_label(folder: Path, index: dict) -> None:
+        count = index["chunks"][0]["chunk_size"]
+        put_chunk(folder, index, [[image(shape), label(value if i == count - 1 else i % classes)] for i in range(count)])
+
+    damage(copy, wrong_label, split)
+    dm = CIFAR10DataModule(stream=str(copy), batch_size=4)
+    dm.setup("fit" if split != "test" else "test")
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
+    with pytest.raises(DataError) as error:
+        list(loader)
+    message = str(error.value)
+    assert "\n" not in message and f"a streamed label is {value}, outside 0..{classes - 1}" in message

@@ -403,7 +403,7 @@ class StreamDataModule(CIFAR10DataModule):
         # epochs the trainer has finished: right even before a resumed run's counters are settled
         epoch = lambda: self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0  # noqa: E731
         workers, pin = self.hparams.num_workers, self.hparams.pin_memory
-        return stream_loader.loader(dataset, self.info.shape, batch_size, workers, pin, epoch)
+        return stream_loader.loader(dataset, self.info.shape, batch_size, workers, pin, epoch, len(self.info.classes))
 
 
 def _new_stream_module() -> StreamDataModule:

@@ -20,12 +20,23 @@ from cifarlit.data.loaders import share_cores, worker_init
 from cifarlit.data.stream import HOW_TO_PREPARE, META_NAME
 
 
-def collate(items: list[tuple[bytes, int]], shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(image bytes, label)`` items -> uint8 ``(B, C, H, W)`` images and int64 labels, one copy of the pixels."""
+def collate(
+    items: list[tuple[bytes, int]], shape: tuple[int, int, int], num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image bytes, label)`` items -> uint8 ``(B, C, H, W)`` images and int64 labels, one copy of the pixels.
+    With ``num_classes``, a label outside ``0..num_classes - 1`` (a damaged or crafted chunk) is refused here, on
+    the CPU, rather than indexing past the loss's classes on the device."""
     x = torch.frombuffer(bytearray().join(image for image, _ in items), dtype=torch.uint8)
     if x.numel() != len(items) * math.prod(shape):
         raise DataError(f"streamed images are not of the shape {list(shape)} that {META_NAME} records")
-    return x.view(len(items), *shape), torch.tensor([label for _, label in items], dtype=torch.int64)
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    if num_classes is not None and labels.numel() and not (0 <= labels.min() and labels.max() < num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+        raise DataError(
+            f"a streamed label is {bad}, outside 0..{num_classes - 1} for the {num_classes} classes that "
+            f"{META_NAME} records"
+        )
+    return x.view(len(items), *shape), labels
 
 
 def batch_plan(dataset: StreamingDataset, num_workers: int, batch_size: int) -> list[list[int]]:
@@ -57,8 +68,10 @@ def batch_plan(dataset: StreamingDataset, num_workers: int, batch_size: int) -> 
 class _Batches(IterableDataset):
     """A worker's share of a split (LitData's), in the batches planned for that worker."""
 
-    def __init__(self, dataset: StreamingDataset, plan: list[list[int]], shape: tuple[int, int, int]) -> None:
-        self.dataset, self.plan, self.shape = dataset, plan, shape
+    def __init__(
+        self, dataset: StreamingDataset, plan: list[list[int]], shape: tuple[int, int, int], num_classes: int
+    ) -> None:
+        self.dataset, self.plan, self.shape, self.num_classes = dataset, plan, shape, num_classes
 
     def __len__(self) -> int:
         return sum(len(sizes) for sizes in self.plan)
@@ -71,7 +84,7 @@ class _Batches(IterableDataset):
             raise RuntimeError(f"LitData gave this worker {share} images, not {sum(sizes)}")
         try:
             for size in sizes:
-                yield collate([next(items) for _ in range(size)], self.shape)
+                yield collate([next(items) for _ in range(size)], self.shape, self.num_classes)
         finally:
             litdata_adapter.close_open_chunk(self.dataset)  # else the main process gains open files every epoch
 
@@ -108,7 +121,7 @@ def _reading(batches, dataset: StreamingDataset):
 
 def loader(
     dataset: StreamingDataset, shape: tuple[int, int, int], batch_size: int, num_workers: int, pin_memory: bool,
-    epoch: Callable[[], int] = lambda: 0,
+    epoch: Callable[[], int] = lambda: 0, num_classes: int | None = None,
 ) -> StreamLoader:  # fmt: skip
     """Training batches (a shuffled ``dataset``), or val/test/predict batches read in this process, in the stored
     order (predict's ids are positions in it). Workers start afresh each epoch: persistent ones would keep the
@@ -117,7 +130,7 @@ def loader(
     share_cores(num_workers)
     plan = batch_plan(dataset, num_workers, batch_size)
     return StreamLoader(
-        _Batches(dataset, plan, shape),
+        _Batches(dataset, plan, shape, num_classes),
         batch_size,
         epoch,
         num_workers=num_workers,
