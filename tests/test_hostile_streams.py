@@ -470,7 +470,9 @@ def test_a_streamed_label_outside_the_classes_is_refused_in_one_sentence(bad, sp
 
     def wrong_label(folder: Path, index: dict) -> None:
         count = index["chunks"][0]["chunk_size"]
-        put_chunk(folder, index, [[image(shape), label(value if i == count - 1 else i % classes)] for i in range(count)])
+        put_chunk(
+            folder, index, [[image(shape), label(value if i == count - 1 else i % classes)] for i in range(count)]
+        )
 
     damage(copy, wrong_label, split)
     dm = CIFAR10DataModule(stream=str(copy), batch_size=4)
