@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarlit.training.callbacks import DEFAULTS
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-images.tar.gz"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
@@ -67,6 +69,7 @@ def markers(out: subprocess.CompletedProcess, marker: str) -> list[float]:
 # Lightning's floor: the same model and data with Trainer(barebones=True): no callbacks, logger, progress bar,
 # checkpointing or model summary.
 BAREBONES = ("--trainer.barebones", "true", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+             *(arg for name in DEFAULTS for arg in (f"--{name}", "null")),  # cifarlit's default callbacks off
              "--trainer.enable_model_summary", "false",
              "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
              "--trainer.log_every_n_steps", "0")  # fmt: skip
