@@ -1,5 +1,6 @@
-"""``cifarlit fit --find_lr true``: Lightning's learning-rate finder runs before the fit, and its suggestion is the
-rate the run trains at, records and resumes with; its steps and its temporary checkpoint are left nowhere."""
+"""``cifarlit fit --find_lr true`` / ``--find_batch_size true``: Lightning's finders run before the fit, and what
+they find is what the run trains with, records and resumes with; their steps and temporary checkpoints are left
+nowhere."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ from cifarlit.cli import build_cli, cli_main
 from cifarlit.models.lit_mlp import LitMLP
 from cifarlit.models.schedules import WarmupCosineLR
 from cifarlit.training import finders
-from helpers import REPO
+from helpers import REPO, OomNet
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
 CONFIG_LR = 0.001  # configs/default.yaml's Adam
 
 
 class StartWeights(Callback):
-    """The weights and the step count the real training starts from."""
+    """The weights, the step count and the batch size the real training starts from."""
 
     def on_train_start(self, trainer, pl_module):
         self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
         self.step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = getattr(self, "batch", len(batch[1]))
 
 
 def train_loss_points(run_dir: Path) -> int:
@@ -89,6 +93,7 @@ def test_a_schedule_is_built_from_the_found_rate():
 
 REFUSED = {
     "resume": (["--ckpt_path", "{ckpt}"], "cannot be used with --ckpt_path"),
+    "batch size on resume": (["--find_batch_size", "true", "--ckpt_path", "{ckpt}"], "cannot be used with --ckpt_path"),
     "fast_dev_run": (["--trainer.fast_dev_run", "1"], "drop --trainer.fast_dev_run"),
     "several devices": (["--trainer.devices", "2", "--trainer.accelerator", "cpu"], "runs on one device"),
     "several nodes": (["--trainer.num_nodes", "2"], "runs on one device"),
@@ -109,5 +114,44 @@ def test_what_the_finder_cannot_honour_is_refused_before_anything_runs(case, own
         cli_main(["fit", "-c", DEFAULT, "--data.data_dir", str(own_run.data), "--find_lr", "true", *args])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("error: --find_lr true") and expected in lines[-1] and "Traceback" not in lines
+    assert (
+        lines[-1].startswith(("error: --find_lr true", "error: --find_batch_size true"))
+        and expected in lines[-1]
+        and "Traceback" not in lines
+    )
     assert not any(tmp_path.iterdir())  # refused before a run folder was claimed
+
+
+def test_the_batch_size_found_is_trained_with_recorded_and_the_rate_found_for_it(
+    pickle_root, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(finders, "check_device", lambda trainer: None)  # the CPU runs out of nothing: OomNet does
+    start = StartWeights()
+    cli = build_cli(["fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--test_after_fit", "false",
+                     "--trainer.max_epochs", "1", "--data.batch_size", "16", "--model.net", "helpers.OomNet",
+                     "--model.net.init_args.limit", "100", "--find_batch_size", "true", "--find_lr", "true"],
+                    callbacks=[start])  # fmt: skip
+    out = capsys.readouterr().out
+    # 16, 32 and 64 fit, 128 > 100 "runs out of memory": 64, and the rate is then found with batches of 64
+    assert re.search(r"^find_batch_size: the run trains with batches of 64 \(.*the config said 16\)", out, re.M)
+    assert out.index("find_batch_size:") < out.index("find_lr:")
+    assert cli.datamodule.hparams.batch_size == start.batch == 64
+    config = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
+    assert config["data"]["batch_size"] == 64 and config["find_batch_size"] is False
+    L.seed_everything(42)
+    fresh = LitMLP(net=functools.partial(OomNet, limit=100)).state_dict()
+    assert all(torch.equal(start.weights[k], v) for k, v in fresh.items()) and start.step == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
+    assert not [p for p in tmp_path.rglob("*") if "scale_batch_size" in p.name or p.name.startswith(".finder")]
+
+
+def test_the_batch_size_finder_is_refused_on_the_cpu(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "-c", DEFAULT, "--data.data_dir", str(pickle_root), "--trainer.accelerator", "cpu",
+                  "--find_batch_size", "true"])  # fmt: skip
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: --find_batch_size true") and "on the CPU" in last
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing trained, nothing written

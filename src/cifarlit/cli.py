@@ -64,6 +64,10 @@ class CifarCLI(LightningCLI):
             "--find_lr", type=bool, default=False, help="Before fit, run Lightning's learning-rate finder and train "
             "at the rate it suggests (printed, plotted to lr_find.png and written to the run's config.yaml)."
         )  # fmt: skip
+        parser.add_argument(
+            "--find_batch_size", type=bool, default=False, help="Before fit (and --find_lr), double data.batch_size "
+            "until a step runs out of accelerator memory and train with the largest that fitted (GPU only)."
+        )  # fmt: skip
         for key, (base, cls, init_args) in DEFAULTS.items():
             parser.add_subclass_arguments(base, key, required=False, fail_untyped=False, help=f"Default callback; "
                                           f"null switches it off. Default: {cls.__name__}({init_args}).")  # fmt: skip
@@ -77,7 +81,7 @@ class CifarCLI(LightningCLI):
             return
         if config.get("trainer") is not None:
             check_numbers(config.trainer)
-        if subcommand == "fit" and config.get("find_lr"):
+        if subcommand == "fit" and any(config.get(flag) for flag in finders.FLAGS):
             finders.check_options(config)
         ckpt = config.get("ckpt_path")
         if subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
@@ -137,8 +141,13 @@ class CifarCLI(LightningCLI):
         return super().instantiate_trainer(**{"callbacks": [*listed, *defaults], **kwargs})
 
     def before_fit(self) -> None:
+        # What a finder finds is the run's: config.yaml (written when the fit starts) records it, finders off.
         config = self.config.fit
-        if config.get("find_lr"):  # the rate found is the run's: config.yaml (written when the fit starts) says so
+        if config.get("find_batch_size"):
+            finders.check_device(self.trainer)
+            config.data.batch_size = finders.find_batch_size(self.trainer, self.model, self.datamodule)
+            config.find_batch_size = False
+        if config.get("find_lr"):
             lr, _ = finders.find_lr(self.trainer, self.model, self.datamodule)
             factories.write_learning_rate(config.model, lr, factories.rate_argument(self.model.lr_scheduler))
             config.find_lr = False

@@ -1,5 +1,6 @@
-"""``cifarlit fit --find_lr true``: Lightning's learning-rate finder (``Tuner.lr_find``) run before the fit, its
-suggestion used by the fit and recorded where the run records its configuration.
+"""``cifarlit fit --find_lr true`` / ``--find_batch_size true``: Lightning's learning-rate and batch-size finders
+(``Tuner.lr_find``, ``Tuner.scale_batch_size``) run before the fit, what they find used by the fit and recorded
+where the run records its configuration.
 
 The finder trains the model for up to 100 steps while its rate grows from 1e-8 to 1, and suggests the rate where
 the loss fell fastest. It runs on a Trainer of its own (one device, no logger, no callbacks, its temporary
@@ -8,12 +9,18 @@ Lightning restores the weights it started from. The suggestion then becomes ``Li
 schedule that sets the rate itself, ``OneCycleLR``'s ``max_lr``) is built with it, the checkpoints' hyperparameters
 hold it, and the run's ``config.yaml`` says ``lr: <found>`` with ``find_lr: false``, so ``fit -c config.yaml``
 trains at the same rate and resumes without searching again.
+
+The batch-size finder (``mode="power"``) doubles ``data.batch_size`` until a step runs out of the accelerator's
+memory and keeps the largest that fitted, written to ``config.yaml`` the same way; on the CPU nothing runs out, so
+it is refused there. With both, the batch size is found first and the rate for it second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,35 +35,48 @@ from cifarlit.utils import figures
 from cifarlit.utils.errors import CifarlitError
 
 PLOT = "lr_find.png"  # in the run folder
+FLAGS = {  # each finder's option, and the option it sets
+    "find_batch_size": "--data.batch_size",
+    "find_lr": "--model.optimizer.init_args.lr",
+}
 
 
 def check_options(config) -> None:
-    """Refuse, before anything is built, a fit whose ``--find_lr true`` cifarlit cannot honour."""
+    """Refuse, before anything is built, a fit whose ``--find_lr`` / ``--find_batch_size`` cifarlit cannot honour."""
     trainer, model = config.get("trainer") or {}, config.get("model") or {}
-    if config.get("ckpt_path"):
+    for flag in [name for name in FLAGS if config.get(name)]:
+        what = f"--{flag} true"
+        if config.get("ckpt_path"):
+            raise CifarlitError(
+                f"{what} cannot be used with --ckpt_path {config.ckpt_path}: a resumed run keeps the settings its "
+                "checkpoint was trained with; drop one of them (the run's config.yaml already records what was found)."
+            )
+        if trainer.get("fast_dev_run"):
+            raise CifarlitError(f"{what} needs real training steps: drop --trainer.fast_dev_run to use it.")
+        devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # "2" on the command line
+            devices = int(devices)
+        count = len(devices) if isinstance(devices, list) else devices  # or "auto": checked once the fit starts
+        if count == -1 or (isinstance(count, int) and count > 1) or nodes > 1:
+            raise CifarlitError(
+                f"{what} runs on one device (got trainer.devices={devices!r}, num_nodes={nodes}): find the value "
+                f"with --trainer.devices 1, then train on several with {FLAGS[flag]} set to it."
+            )
+    if config.get("find_lr"):
+        try:
+            factories.rate_argument(_class_of(model.get("lr_scheduler")))
+        except ValueError as err:
+            raise CifarlitError(
+                f"--find_lr true cannot set one rate for model.lr_scheduler: {err}; set them by hand."
+            ) from None
+
+
+def _one_process(trainer: CifarTrainer, flag: str) -> None:
+    if trainer.world_size > 1:  # e.g. devices: auto on a machine with several GPUs
         raise CifarlitError(
-            f"--find_lr true cannot be used with --ckpt_path {config.ckpt_path}: a resumed run keeps the rate its "
-            "optimizer state holds; drop one of them (the run's config.yaml already records the rate it found)."
+            f"--{flag} true runs on one device, and this fit has {trainer.world_size} processes: find the value with "
+            f"--trainer.devices 1, then train on several with {FLAGS[flag]} set to it."
         )
-    if trainer.get("fast_dev_run"):
-        raise CifarlitError("--find_lr true needs real training steps: drop --trainer.fast_dev_run to use it.")
-    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # "2" on the command line
-        devices = int(devices)
-    many = (
-        devices == -1 or (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
-    )
-    if many or nodes > 1:
-        raise CifarlitError(
-            f"--find_lr true runs on one device (got trainer.devices={devices!r}, num_nodes={nodes}): find the rate "
-            "with --trainer.devices 1, then train on several with --model.optimizer.init_args.lr set to it."
-        )
-    try:
-        factories.rate_argument(_class_of(model.get("lr_scheduler")))
-    except ValueError as err:
-        raise CifarlitError(
-            f"--find_lr true cannot set one rate for model.lr_scheduler: {err}; set them by hand."
-        ) from None
 
 
 def _class_of(section) -> type | None:
@@ -72,19 +92,10 @@ def find_lr(trainer: CifarTrainer, model: LitMLP, datamodule: CIFAR10DataModule)
     """Run Lightning's LR finder on ``model`` and set ``model.lr`` to its suggestion; returns the suggestion and
     the plot's path (in the run folder; None without one). ``trainer`` is the run's: the finder's own trainer
     uses its device, precision and gradient options, and never its logger or callbacks."""
-    if trainer.world_size > 1:
-        raise CifarlitError(
-            f"--find_lr true runs on one device, and this fit has {trainer.world_size} processes: find the rate with "
-            "--trainer.devices 1, then train on several with --model.optimizer.init_args.lr set to it."
-        )
-    run_dir = Path(trainer.log_dir) if trainer.logger is not None and trainer.log_dir else None
+    _one_process(trainer, "find_lr")
     before = model.lr
-    model.stop_on_nonfinite = False  # the finder drives the loss to diverge, then restores the weights
-    try:
-        with tempfile.TemporaryDirectory(prefix=".lr_find-", dir=run_dir) as scratch:  # Lightning's checkpoint
-            finder = Tuner(_finder_trainer(trainer, scratch)).lr_find(model, datamodule=datamodule, update_attr=False)
-    finally:
-        del model.stop_on_nonfinite  # the class's again
+    with _tuner(trainer, model) as tuner:
+        finder = tuner.lr_find(model, datamodule=datamodule, update_attr=False)
     lr = finder.suggestion() if finder is not None else None
     if lr is None:
         raise CifarlitError(
@@ -92,6 +103,7 @@ def find_lr(trainer: CifarTrainer, model: LitMLP, datamodule: CIFAR10DataModule)
             "too few steps, or the loss diverged at once); set --model.optimizer.init_args.lr by hand."
         )
     model.lr = lr
+    run_dir = _run_dir(trainer)
     plot = run_dir / PLOT if run_dir is not None else None
     if plot is not None:
         plt = figures.pyplot()
@@ -102,6 +114,46 @@ def find_lr(trainer: CifarTrainer, model: LitMLP, datamodule: CIFAR10DataModule)
     print(f"find_lr: the run trains at lr {lr:.4g} (Lightning's LR finder; the config said {before})"
           + (f"; plot: {plot}" if plot else ""))  # fmt: skip
     return lr, plot
+
+
+def check_device(trainer: CifarTrainer) -> None:
+    """Refuse ``--find_batch_size`` where no memory runs out: on the CPU the batch would simply grow."""
+    if trainer.strategy.root_device.type == "cpu":
+        raise CifarlitError(
+            "--find_batch_size true finds the largest batch that fits in the accelerator's memory, and this fit runs "
+            "on the CPU, where the batch would grow to 8192 images or the whole training split: set --data.batch_size."
+        )
+
+
+def find_batch_size(trainer: CifarTrainer, model: LitMLP, datamodule: CIFAR10DataModule) -> int:
+    """Run Lightning's batch-size finder (``mode="power"``: the config's ``data.batch_size`` doubled until a step
+    runs out of memory) and leave ``datamodule.hparams.batch_size`` at the largest that fitted; returns it."""
+    _one_process(trainer, "find_batch_size")
+    before = datamodule.hparams.batch_size
+    with _tuner(trainer, model) as tuner:
+        size = tuner.scale_batch_size(model, datamodule=datamodule, mode="power", init_val=before)
+    if not size:
+        raise CifarlitError("--find_batch_size true found no batch size that fits; set --data.batch_size by hand.")
+    datamodule.hparams.batch_size = size
+    print(f"find_batch_size: the run trains with batches of {size} (Lightning's batch-size finder; the config "
+          f"said {before}); the rate is not rescaled: --find_lr true finds one for this batch size")  # fmt: skip
+    return size
+
+
+def _run_dir(trainer: CifarTrainer) -> Path | None:
+    return Path(trainer.log_dir) if trainer.logger is not None and trainer.log_dir else None
+
+
+@contextlib.contextmanager
+def _tuner(trainer: CifarTrainer, model: LitMLP) -> Iterator[Tuner]:
+    """Lightning's Tuner on a Trainer of its own, whose temporary checkpoint (the weights the finder restores)
+    goes to a temporary folder in the run folder, removed afterwards whatever happens."""
+    model.stop_on_nonfinite = False  # the LR finder drives the loss to diverge, then restores the weights
+    try:
+        with tempfile.TemporaryDirectory(prefix=".finder-", dir=_run_dir(trainer)) as scratch:
+            yield Tuner(_finder_trainer(trainer, scratch))
+    finally:
+        del model.stop_on_nonfinite  # the class's again
 
 
 def _finder_trainer(trainer: CifarTrainer, root: str) -> CifarTrainer:
