@@ -30,6 +30,7 @@ class StartWeights(Callback):
     def on_train_start(self, trainer, pl_module):
         self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
         self.step = trainer.global_step
+        self.tallied = {name: float(metric.weight) for name, metric in pl_module.metrics.items()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.batch = getattr(self, "batch", len(batch[1]))
@@ -67,6 +68,7 @@ def test_the_found_rate_is_printed_plotted_used_recorded_and_resumed(pickle_root
     L.seed_everything(42)
     assert all(torch.equal(start.weights[k], v) for k, v in LitMLP().state_dict().items())
     assert start.step == 0 and train_loss_points(run_dir) == 2
+    assert set(start.tallied.values()) == {0.0}  # the epoch metrics hold none of the finder's losses
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
     assert not [p for p in tmp_path.rglob("*lr_find*") if p.name != finders.PLOT]  # its checkpoint is gone
     # the run's config.yaml resumes at the found rate (find_lr: false in it, so it is not refused)
