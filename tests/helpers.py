@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from lightning.pytorch import Callback
 
@@ -141,3 +142,20 @@ class SeenImages(Callback):
         if "CIFARLIT_TEST_OUT" in os.environ:
             report = {"train": self.train, "val": self.val, "val_acc": float(trainer.callback_metrics["val/acc"])}
             (out_dir() / f"seen_rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+class OomNet(torch.nn.Module):
+    """A linear classifier that fails as a GPU out of memory does when a batch holds more than ``limit`` images:
+    what Lightning's batch-size finder looks for, on the CPU."""
+
+    head_name = "head"
+
+    def __init__(self, num_classes: int, image_shape: tuple[int, int, int], limit: int = 100) -> None:
+        super().__init__()
+        self.limit = limit
+        self.head = torch.nn.Linear(image_shape[0] * image_shape[1] * image_shape[2], num_classes)
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise RuntimeError(f"CUDA out of memory. Tried to allocate a batch of {len(x)} (simulated)")
+        return self.head(x.flatten(1))

@@ -22,9 +22,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 
 from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
 from cifarlit.data.shapes import check_image_shape  # noqa: E402
-from cifarlit.models import transfer  # noqa: E402
+from cifarlit.models import factories, transfer  # noqa: E402
 from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
-from cifarlit.training import predict, runs  # noqa: E402
+from cifarlit.training import finders, predict, runs  # noqa: E402
 from cifarlit.training.callbacks import DEFAULTS, OverfitCheck, PerClassReport, RunRecord, kept_defaults  # noqa: E402
 from cifarlit.training.trainer import CifarTrainer, check_numbers  # noqa: E402
 from cifarlit.utils import checkpoints  # noqa: E402
@@ -60,6 +60,14 @@ class CifarCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint on the test split."
         )
+        parser.add_argument(
+            "--find_lr", type=bool, default=False, help="Before fit, run Lightning's learning-rate finder and train "
+            "at the rate it suggests (printed, plotted to lr_find.png and written to the run's config.yaml)."
+        )  # fmt: skip
+        parser.add_argument(
+            "--find_batch_size", type=bool, default=False, help="Before fit (and --find_lr), double data.batch_size "
+            "until a step runs out of accelerator memory and train with the largest that fitted (GPU only)."
+        )  # fmt: skip
         for key, (base, cls, init_args) in DEFAULTS.items():
             parser.add_subclass_arguments(base, key, required=False, fail_untyped=False, help=f"Default callback; "
                                           f"null switches it off. Default: {cls.__name__}({init_args}).")  # fmt: skip
@@ -73,6 +81,8 @@ class CifarCLI(LightningCLI):
             return
         if config.get("trainer") is not None:
             check_numbers(config.trainer)
+        if subcommand == "fit" and any(config.get(flag) for flag in finders.FLAGS):
+            finders.check_options(config)
         ckpt = config.get("ckpt_path")
         if subcommand == "predict" and (not ckpt or ckpt in ("last", "best", "hpc", "registry")):
             raise CifarlitError(
@@ -129,6 +139,18 @@ class CifarCLI(LightningCLI):
         listed = listed if isinstance(listed, list) else [listed]
         defaults = kept_defaults({key: config.get(key) for key in DEFAULTS}, trainer)
         return super().instantiate_trainer(**{"callbacks": [*listed, *defaults], **kwargs})
+
+    def before_fit(self) -> None:
+        # What a finder finds is the run's: config.yaml (written when the fit starts) records it, finders off.
+        config = self.config.fit
+        if config.get("find_batch_size"):
+            finders.check_device(self.trainer)
+            config.data.batch_size = finders.find_batch_size(self.trainer, self.model, self.datamodule)
+            config.find_batch_size = False
+        if config.get("find_lr"):
+            lr, _ = finders.find_lr(self.trainer, self.model, self.datamodule)
+            factories.write_learning_rate(config.model, lr, factories.rate_argument(self.model.lr_scheduler))
+            config.find_lr = False
 
     def before_test(self) -> None:
         self.trainer.callbacks.append(PerClassReport())

@@ -8,6 +8,7 @@ jsonargparse's callable (:func:`cifarlit.utils.jsonargparse_adapter.factory_part
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -70,3 +71,45 @@ def is_plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
     return value is None or isinstance(value, (bool, int, float, str))
+
+
+def rate_argument(scheduler: Callable | None) -> str | None:
+    """The argument of ``scheduler`` that sets the learning rate itself, whatever the optimizer's ``lr`` says
+    (``OneCycleLR``'s ``max_lr``); None for a schedule that scales the optimizer's ``lr`` (``StepLR``,
+    ``WarmupCosineLR``, ...) and for none. Raises ``ValueError`` for one that sets it from two arguments
+    (``CyclicLR``'s ``base_lr`` and ``max_lr``): one rate cannot say what both should be."""
+    cls = (factory_parts(scheduler) or (None, {}))[0] if scheduler is not None else None
+    arguments = inspect.signature(cls).parameters if cls is not None else {}
+    if "base_lr" in arguments and "max_lr" in arguments:
+        raise ValueError(f"{cls.__name__} sets the rate from base_lr and max_lr")
+    return "max_lr" if "max_lr" in arguments else None
+
+
+def learning_rate(optimizer: Callable, scheduler: Callable | None) -> float | None:
+    """The rate a run trains at: the schedule's own (:func:`rate_argument`), else the optimizer's ``lr`` (its
+    class's default when the config leaves it out); None when the factories do not say."""
+    argument = rate_argument(scheduler)
+    factory, key = (scheduler, argument) if argument else (optimizer, "lr")
+    cls, given = factory_parts(factory) or (None, {})
+    if key in given:
+        return given[key]
+    default = inspect.signature(cls).parameters.get(key) if cls is not None else None
+    return default.default if default is not None and isinstance(default.default, (int, float)) else None
+
+
+def with_learning_rate(optimizer: Callable, scheduler: Callable | None, lr: float) -> tuple[Callable, Callable | None]:
+    """The optimizer and schedule factories that train at ``lr``: the optimizer's ``lr`` and, for a schedule that
+    sets the rate itself, its :func:`rate_argument` (``max_lr``), so the schedule is built from it too."""
+    argument = rate_argument(scheduler)
+    if argument:
+        scheduler = functools.partial(scheduler, **{argument: lr})
+    return functools.partial(optimizer, lr=lr), scheduler
+
+
+def write_learning_rate(model: Any, lr: float, argument: str | None) -> None:
+    """Write ``lr`` into a model's config or hyperparameters (a mapping or jsonargparse ``Namespace`` whose
+    ``optimizer``/``lr_scheduler`` are ``class_path``/``init_args``), where :func:`with_learning_rate` puts it."""
+    for key, name in (("optimizer", "lr"), ("lr_scheduler", argument)):
+        section = model.get(key) if name else None
+        if section is not None and section.get("init_args") is not None:
+            section["init_args"][name] = lr

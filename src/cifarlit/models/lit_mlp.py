@@ -74,6 +74,9 @@ class LitMLP(L.LightningModule):
     # Where the classes a checkpoint's hyperparameters may name come from (``checkpoint_hparams``): cifarlit's
     # networks (timm's through TimmNet) and schedules, torch's optimizers and LR schedulers.
     CHECKPOINT_MODULES = (nets, pretrained, schedules, torch.optim, torch.optim.lr_scheduler)
+    # False while Lightning's learning-rate finder drives the rate up until the loss diverges (training/finders.py):
+    # its weights are thrown away, so a non-finite loss there is the finder's signal, not a damaged run.
+    stop_on_nonfinite = True
 
     def __init__(
         self,
@@ -133,6 +136,20 @@ class LitMLP(L.LightningModule):
         }
         self._first_step = 0  # global step at the start of the training epoch
         self.tta = tta
+
+    @property
+    def lr(self) -> float | None:
+        """The rate the run trains at: the optimizer's ``lr``, or the schedule's when it sets the rate itself
+        (``OneCycleLR``'s ``max_lr``). The attribute Lightning's learning-rate finder (``Tuner.lr_find``,
+        ``cifarlit fit --find_lr true``) reads and sets; setting it rebuilds both factories and the
+        hyperparameters, so the run, its checkpoints and its logged hyperparameters all use the new rate."""
+        return factories.learning_rate(self.optimizer, self.lr_scheduler)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.optimizer, self.lr_scheduler = factories.with_learning_rate(self.optimizer, self.lr_scheduler, value)
+        factories.write_learning_rate(self.hparams, value, factories.rate_argument(self.lr_scheduler))
+        self.save_hyperparameters(self.hparams)  # and Lightning's copy that loggers write (hparams.yaml)
 
     @property
     def head_name(self) -> str:
@@ -214,7 +231,7 @@ class LitMLP(L.LightningModule):
         run that goes bad stops within the epoch and no checkpoint ever holds the damaged weights.
         """
         tally = self._tallies["train"]
-        if not tally:
+        if not tally or not self.stop_on_nonfinite:
             return
         losses = _pack(tally)[0].float()
         finite = torch.isfinite(losses)
