@@ -1,7 +1,8 @@
 """``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning, shared by any number of workers.
 
 Every trial is an ordinary ``fit`` with the given configs plus the sampled overrides (``--key value``), logged to
-``lightning_logs/tune_<study>/trial_<n>``. Optuna's Lightning callback reports the monitored metric after each
+``lightning_logs/tune_<study>/trial_<n>`` (by a TensorBoard or CSV logger; an MLflow or W&B logger names the run
+``trial_<n>`` in the experiment or project ``tune_<study>``). Optuna's Lightning callback reports the monitored metric after each
 validation and stops trials that fall below the median of earlier ones at the same epoch. The study lives in the
 ``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an interrupted search
 resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune`` processes, on one
@@ -311,12 +312,9 @@ def main(argv: list[str], run_fit: Callable) -> int:
         values = suggest(trial, space)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the dashboard
         pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
-        run_args = [
-            *fit_args, *as_args(values), "--test_after_fit", "false",
-            "--trainer.logger.init_args.name", f"tune_{args.study_name}",
-            "--trainer.logger.init_args.version", f"trial_{trial.number}",
-        ]  # fmt: skip
-        cli = run_fit(run_args, extra_callbacks=[pruning])
+        run_args = [*fit_args, *as_args(values), "--test_after_fit", "false"]
+        # named in whatever loggers the config has: tune_<study>/trial_<n> folders, MLflow experiment and run, ...
+        cli = run_fit(run_args, extra_callbacks=[pruning], run_name=(f"tune_{args.study_name}", f"trial_{trial.number}"))
         pruning.check_pruned()
         reported = list(trial.storage.get_trial(trial._trial_id).intermediate_values.values())
         if not reported:
