@@ -2,12 +2,12 @@
 
 Every trial is an ordinary ``fit`` with the given configs plus the sampled overrides (``--key value``), logged to
 ``lightning_logs/tune_<study>/trial_<n>`` (by a TensorBoard or CSV logger; an MLflow or W&B logger names the run
-``trial_<n>`` in the experiment or project ``tune_<study>``). Optuna's Lightning callback reports the monitored metric after each
-validation and stops trials that fall below the median of earlier ones at the same epoch. The study lives in the
-``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an interrupted search
-resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune`` processes, on one
-machine or on machines that share the folder, add trials to one study at once. Optuna numbers the trials in the
-storage, so every trial has its own folder whichever worker runs it. Trials never touch the test split
+``trial_<n>`` in the experiment or project ``tune_<study>``). Optuna's Lightning callback reports the monitored
+metric after each validation and stops trials that fall below the median of earlier ones at the same epoch. The
+study lives in the ``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an
+interrupted search resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune``
+processes, on one machine or on machines that share the folder, add trials to one study at once. Optuna numbers the
+trials in the storage, so every trial has its own folder whichever worker runs it. Trials never touch the test split
 (``--test_after_fit false``): the test set is for the final model.
 
 Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml``)::
@@ -314,7 +314,8 @@ def main(argv: list[str], run_fit: Callable) -> int:
         pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
         run_args = [*fit_args, *as_args(values), "--test_after_fit", "false"]
         # named in whatever loggers the config has: tune_<study>/trial_<n> folders, MLflow experiment and run, ...
-        cli = run_fit(run_args, extra_callbacks=[pruning], run_name=(f"tune_{args.study_name}", f"trial_{trial.number}"))
+        names = (f"tune_{args.study_name}", f"trial_{trial.number}")
+        cli = run_fit(run_args, extra_callbacks=[pruning], run_name=names)
         pruning.check_pruned()
         reported = list(trial.storage.get_trial(trial._trial_id).intermediate_values.values())
         if not reported:

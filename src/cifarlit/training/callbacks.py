@@ -140,7 +140,9 @@ class RunRecord(SaveConfigCallback):
         run = Path(self.run_dir)
         run.mkdir(parents=True, exist_ok=True)
         files = [run / self.config_filename]
-        self.parser.save(self.config, str(files[0]), skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+        self.parser.save(
+            self.config, str(files[0]), skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+        )
         if stage == "fit":
             files.append(self._write_info(trainer, run))
             self._register_hparams(trainer, pl_module)
@@ -224,8 +226,8 @@ class PerClassReport(Callback):
 
     Logs ``test/acc_<class>`` and a ``test/confusion_matrix`` figure, and writes ``confusion_matrix.csv`` (rows: true
     class, columns: predicted) and ``per_class_accuracy.csv`` into the run directory, and into the store of each
-    tracker that keeps one (training/trackers.py). The CLI adds it to every ``test``, including the one after ``fit`` (only then: a callback
-    costs every training step, see :class:`RunRecord`).
+    tracker that keeps one (training/trackers.py). The CLI adds it to every ``test``, including the one after ``fit``
+    (only then: a callback costs every training step, see :class:`RunRecord`).
     """
 
     def __init__(self) -> None:
