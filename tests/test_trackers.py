@@ -1,0 +1,267 @@
+"""Any Lightning logger: TensorBoard, CSV, MLflow (a SQLite store, a tracking server over HTTP) and W&B offline, alone
+or several at once. Each run keeps its run folder (config.yaml, run_info.json, the per-class report, checkpoints),
+copies those files into the tracker's own store, and `compare` reads CSV and MLflow runs back. No network: the MLflow
+server runs on 127.0.0.1, W&B offline."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifarlit.cli import cli_main
+from cifarlit.training import trackers
+from helpers import REPO, run_cli
+
+DEFAULT = str(REPO / "configs" / "default.yaml")
+LOGGERS = REPO / "configs" / "loggers"
+
+
+def fit(pickle_root: Path, *extra: str):
+    """`cifarlit fit` for one epoch on the fixture pickles (then the test of its best checkpoint)."""
+    return run_cli("fit", "-c", DEFAULT, *extra, "--data.data_dir", str(pickle_root), "--trainer.max_epochs", "1")
+
+
+def table_row(out: str, name: str) -> dict[str, str]:
+    """The row of run ``name`` in compare's markdown table on stdout."""
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    for line in lines[1:]:  # the separator row starts with "|-"
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[0] == name:
+            return dict(zip(header, cells, strict=True))
+    raise AssertionError(f"no row {name!r} in {out}")
+
+
+def compare(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", *args])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    return captured.out
+
+
+def assert_report_files(run: Path, cli) -> None:
+    """The run folder holds what every run records, whatever its logger."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["data_dir"] == cli.config.fit.data.data_dir  # the full resolved config
+    assert (run / "run_info.json").is_file() and list((run / "checkpoints").glob("*.ckpt"))
+    with open(run / "per_class_accuracy.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["class"] for row in rows] == list(cli.datamodule.classes)
+    correct = sum(int(row["correct"]) for row in rows) / sum(int(row["images"]) for row in rows)
+    assert correct == pytest.approx(float(cli.trainer.callback_metrics["test/acc"]), abs=1e-6)
+
+
+# --- the logger configs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "cls", "gone"),
+    [("csv.yaml", "CSVLogger", "default_hp_metric"), ("mlflow.yaml", "MLFlowLogger", "name"),
+     ("wandb_offline.yaml", "WandbLogger", "default_hp_metric")],
+)  # fmt: skip
+def test_a_logger_config_replaces_the_tensorboard_logger(config, cls, gone, capsys):
+    """jsonargparse merges `trainer.logger` across -c files: the later file's class must replace TensorBoard's,
+    keeping none of its arguments the new class does not take."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", DEFAULT, "-c", str(LOGGERS / config), "--print_config")
+    assert exit_info.value.code == 0
+    logger = yaml.safe_load(capsys.readouterr().out)["trainer"]["logger"]
+    assert isinstance(logger, dict) and logger["class_path"] == f"lightning.pytorch.loggers.{cls}"
+    assert gone not in logger["init_args"]
+
+
+def test_csv_logger_alone_keeps_the_run_folder_and_compare_reads_it(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli = fit(pickle_root, "-c", str(LOGGERS / "csv.yaml"))
+    run = tmp_path / "lightning_logs" / "default" / "version_0"
+    assert Path(cli.trainer.log_dir).resolve() == run.resolve()
+    assert (run / "metrics.csv").is_file() and not list(run.glob("events.out.tfevents.*"))  # no TensorBoard at all
+    assert "CSVLogger" in (run / "config.yaml").read_text()
+    assert_report_files(run, cli)
+    capsys.readouterr()
+    row = table_row(compare(capsys, str(run), "--output", str(tmp_path / "c.png")), "default")
+    assert row["epochs"] == "1" and row["fit time"] == "-"  # a CSV file records no wall-clock times
+    assert float(row["test/acc"]) == pytest.approx(float(cli.trainer.callback_metrics["test/acc"]), abs=1e-4)
+    best = float(cli.trainer.checkpoint_callback.best_model_score)  # val/acc of the one epoch
+    assert float(row["final val/acc"]) == pytest.approx(best, abs=1e-4)
+
+
+def test_tensorboard_and_csv_at_once_share_one_run_folder(pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    both = tmp_path / "both.yaml"
+    both.write_text(
+        "trainer:\n  logger:\n"
+        "    - {class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {save_dir: lightning_logs, name: b}}\n"
+        "    - {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: lightning_logs, name: b}}\n"
+    )
+    cli = fit(pickle_root, "-c", str(both))
+    assert [type(logger).__name__ for logger in cli.trainer.loggers] == ["TensorBoardLogger", "CSVLogger"]
+    run = tmp_path / "lightning_logs" / "b" / "version_0"
+    assert sorted(p.name for p in (tmp_path / "lightning_logs" / "b").iterdir()) == ["version_0"]  # one folder
+    assert list(run.glob("events.out.tfevents.*")) and (run / "metrics.csv").is_file()
+    assert_report_files(run, cli)
+    capsys.readouterr()
+    row = table_row(compare(capsys, str(run), "--output", str(tmp_path / "c.png")), "b")
+    assert row["epochs"] == "1" and row["fit time"] != "-"  # read from TensorBoard's events, which have times
+
+
+def test_trials_are_named_in_every_kind_of_logger(tmp_path):
+    """tune's `tune_<study>/trial_<n>`, in each logger of a list, as that logger names a run."""
+    from lightning.pytorch.cli import LightningArgumentParser
+    from lightning.pytorch.loggers import Logger
+
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(Logger, "trainer.logger", required=False)
+    config = parser.parse_object({"trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                          "init_args": {"save_dir": str(tmp_path)}}}})  # fmt: skip
+    for kind, expected in [("CSVLogger", ("name", "version")), ("MLFlowLogger", ("experiment_name", "run_name")),
+                           ("WandbLogger", ("project", "name")), ("TensorBoardLogger", ("name", "version"))]:  # fmt: skip
+        item = config.trainer.logger
+        item.class_path = f"lightning.pytorch.loggers.{kind}"
+        trackers.name_run(config, "tune_s", "trial_3")
+        assert (item.init_args.get(expected[0]), item.init_args.get(expected[1])) == ("tune_s", "trial_3"), kind
+
+
+# --- MLflow -------------------------------------------------------------------------------------------------------
+
+
+def mlflow_run(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cifarlit")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def assert_logged_to_mlflow(client, run, cli, tmp_path: Path) -> None:
+    """test/acc, the parameters, and config.yaml and the per-class report as artifacts, as the run folder has them."""
+    assert run.data.metrics["test/acc"] == pytest.approx(float(cli.trainer.callback_metrics["test/acc"]), abs=1e-6)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [2]  # 1 epoch, 3 batches
+    assert run.data.params["hidden_sizes"] == "[100, 100]" and run.data.params["optimizer/init_args/lr"] == "0.001"
+    run_dir = Path(cli.trainer.checkpoint_callback.dirpath).parent  # where Lightning put the MLflow run's checkpoints
+    assert run_dir.parts[-2:] == (run.info.experiment_id, run.info.run_id)
+    assert_report_files(run_dir, cli)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "run_info.json", "per_class_accuracy.csv", "confusion_matrix.csv", "test"} <= artifacts
+    for name in ("config.yaml", "per_class_accuracy.csv"):
+        local = client.download_artifacts(run.info.run_id, name, str(tmp_path))
+        assert Path(local).read_bytes() == (run_dir / name).read_bytes()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["logger"]["class_path"].endswith(
+        "MLFlowLogger"
+    )
+
+
+def test_mlflow_sqlite_store_holds_metrics_params_and_the_config(pickle_root, tmp_path, monkeypatch, capsys):
+    """MLflow 3 refuses file: stores (maintenance mode): a SQLite store, as configs/loggers/mlflow.yaml sets."""
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    cli = fit(pickle_root, "-c", str(LOGGERS / "mlflow.yaml"))
+    print(f"mlflow fit: {time.perf_counter() - started:.1f} s")
+    client, run = mlflow_run("sqlite:///mlflow.db")
+    assert_logged_to_mlflow(client, run, cli, tmp_path / "download")
+    capsys.readouterr()
+    row = table_row(compare(capsys, "sqlite:///mlflow.db#cifarlit", "--output", str(tmp_path / "c.png")),
+                    run.info.run_name)  # fmt: skip
+    assert row["epochs"] == "1" and row["fit time"] != "-"
+    assert float(row["test/acc"]) == pytest.approx(run.data.metrics["test/acc"], abs=1e-4)
+
+
+def test_an_mlflow_file_store_is_refused_in_one_sentence_unless_allowed(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", DEFAULT, "-c", str(LOGGERS / "mlflow.yaml"), "--data.data_dir", "nowhere",
+                "--trainer.logger.init_args.tracking_uri", "file:./mlruns")  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "MLFLOW_ALLOW_FILE_STORE=true" in err and "sqlite:///mlflow.db" in err
+    assert not list(tmp_path.iterdir())  # refused before anything was built or written
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 and a free port, started for the test and stopped after it."""
+    pytest.importorskip("mlflow")
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed below, after the server)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server_artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, 15)  # the server and the workers it started, by the group of the process started here
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_mlflow_tracking_server_over_http(mlflow_server, pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli = fit(pickle_root, "-c", str(LOGGERS / "mlflow.yaml"), "--trainer.logger.init_args.tracking_uri", mlflow_server)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # all of it went to the server
+    client, run = mlflow_run(mlflow_server)
+    assert_logged_to_mlflow(client, run, cli, tmp_path / "download")
+    assert list((tmp_path / "server_artifacts").rglob("per_class_accuracy.csv"))  # stored by the server
+    capsys.readouterr()
+    row = table_row(compare(capsys, mlflow_server, "--output", str(tmp_path / "c.png")), run.info.run_name)
+    assert float(row["test/acc"]) == pytest.approx(run.data.metrics["test/acc"], abs=1e-4)
+
+
+# --- W&B offline --------------------------------------------------------------------------------------------------
+
+
+def test_wandb_offline_writes_its_run_files(pickle_root, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))  # no login, no settings file of the user's
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    try:
+        cli = fit(pickle_root, "-c", str(LOGGERS / "wandb_offline.yaml"))
+        run_id = cli.trainer.logger.version
+        wandb.finish()
+    finally:
+        wandb.teardown()  # ends W&B's service process, started by this test
+    run_dir = tmp_path / "lightning_logs" / "cifarlit" / run_id
+    assert_report_files(run_dir, cli)
+    (offline,) = (tmp_path / "lightning_logs" / "wandb").glob(f"offline-run-*-{run_id}")
+    assert (offline / f"run-{run_id}.wandb").stat().st_size > 0  # the metrics, for `wandb sync`
+    for name in ("config.yaml", "run_info.json", "per_class_accuracy.csv", "confusion_matrix.csv"):
+        assert (offline / "files" / name).read_bytes() == (run_dir / name).read_bytes()
+    assert list((offline / "files" / "media" / "images").rglob("confusion_matrix*.png"))
