@@ -5,6 +5,7 @@ server runs on 127.0.0.1, W&B offline."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
@@ -99,11 +100,9 @@ def test_csv_logger_alone_keeps_the_run_folder_and_compare_reads_it(pickle_root,
 def test_tensorboard_and_csv_at_once_share_one_run_folder(pickle_root, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     both = tmp_path / "both.yaml"
-    both.write_text(
-        "trainer:\n  logger:\n"
-        "    - {class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {save_dir: lightning_logs, name: b}}\n"
-        "    - {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: lightning_logs, name: b}}\n"
-    )
+    loggers = [{"class_path": f"lightning.pytorch.loggers.{cls}", "init_args": {"save_dir": "lightning_logs",
+                "name": "b"}} for cls in ("TensorBoardLogger", "CSVLogger")]  # fmt: skip
+    both.write_text(yaml.safe_dump({"trainer": {"logger": loggers}}))
     cli = fit(pickle_root, "-c", str(both))
     assert [type(logger).__name__ for logger in cli.trainer.loggers] == ["TensorBoardLogger", "CSVLogger"]
     run = tmp_path / "lightning_logs" / "b" / "version_0"
@@ -124,8 +123,9 @@ def test_trials_are_named_in_every_kind_of_logger(tmp_path):
     parser.add_subclass_arguments(Logger, "trainer.logger", required=False)
     config = parser.parse_object({"trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                                           "init_args": {"save_dir": str(tmp_path)}}}})  # fmt: skip
-    for kind, expected in [("CSVLogger", ("name", "version")), ("MLFlowLogger", ("experiment_name", "run_name")),
-                           ("WandbLogger", ("project", "name")), ("TensorBoardLogger", ("name", "version"))]:  # fmt: skip
+    kinds = {"CSVLogger": ("name", "version"), "MLFlowLogger": ("experiment_name", "run_name"),
+             "WandbLogger": ("project", "name"), "TensorBoardLogger": ("name", "version")}  # fmt: skip
+    for kind, expected in kinds.items():
         item = config.trainer.logger
         item.class_path = f"lightning.pytorch.loggers.{kind}"
         trackers.name_run(config, "tune_s", "trial_3")
@@ -265,3 +265,170 @@ def test_wandb_offline_writes_its_run_files(pickle_root, tmp_path, monkeypatch):
     for name in ("config.yaml", "run_info.json", "per_class_accuracy.csv", "confusion_matrix.csv"):
         assert (offline / "files" / name).read_bytes() == (run_dir / name).read_bytes()
     assert list((offline / "files" / "media" / "images").rglob("confusion_matrix*.png"))
+
+
+# --- hostile inputs of compare: a crafted metrics.csv, a crafted MLflow store --------------------------------------
+
+
+def refused(capsys, *args: str) -> str:
+    """`cifarlit ARGS` must exit with status 2 and one `error:` line, no traceback; the line is returned."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "folder" if p.is_dir() else "other"
+            for p in sorted(root.rglob("*"))}  # fmt: skip
+
+
+def payload(marker: Path) -> bytes:
+    import pickle
+
+    from helpers import RunsCode
+
+    return pickle.dumps(RunsCode(marker))
+
+
+HEADER = "epoch,step,train/acc,val/acc\n"
+CRAFTED_CSV = {
+    "not_a_number": lambda f, m: f.write_text(HEADER + "0,2,0.5,abc\n"),
+    "a_formula": lambda f, m: f.write_text(HEADER + f'0,2,0.5,"=HYPERLINK(""x"")&system(""touch {m}"")"\n'),
+    "nul_bytes": lambda f, m: f.write_bytes(HEADER.encode() + b"0,2,0.5,0.\x007\n"),
+    "not_utf8": lambda f, m: f.write_bytes(HEADER.encode() + b"0,2,0.5,\xff\xfe\n"),
+    "no_step_column": lambda f, m: f.write_text("epoch,acc\n0,0.5\n"),
+    "more_values_than_names": lambda f, m: f.write_text(HEADER + "0,2,0.5,0.6,0.7\n"),
+    "a_huge_field": lambda f, m: f.write_text(HEADER + "0,2,0.5," + "1" * 300_000 + "\n"),
+    "header_only": lambda f, m: f.write_text(HEADER),
+    "a_pickle_payload": lambda f, m: f.write_bytes(payload(m)),
+    "a_folder": lambda f, m: f.mkdir(),
+    "a_pipe": lambda f, m: os.mkfifo(f),  # a read would block forever
+    "a_link_to_a_device": lambda f, m: f.symlink_to("/dev/zero"),  # a read would never end
+}
+
+
+@pytest.mark.parametrize("where", ["the run", "a folder above it"])
+@pytest.mark.parametrize("variant", CRAFTED_CSV, ids=str)
+def test_compare_refuses_a_crafted_metrics_csv_in_one_sentence(variant, where, tmp_path, capsys):
+    good, bad = tmp_path / "runs" / "good" / "version_0", tmp_path / "runs" / "bad" / "version_0"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    (good / "metrics.csv").write_text(HEADER + "0,2,0.5,0.6\n1,5,0.6,0.7\n")
+    marker = tmp_path / "marker"
+    CRAFTED_CSV[variant](bad / "metrics.csv", marker)
+    before = tree(tmp_path)
+    target = str(bad) if where == "the run" else str(tmp_path / "runs")
+    message = refused(capsys, "compare", str(good), target, "--table", str(tmp_path / "t.md"))
+    assert f"'{bad / 'metrics.csv'}'" in message and "CSVLogger" in message
+    assert not marker.exists()  # nothing in the file ran
+    assert tree(tmp_path) == before  # no compare.png, no table, nothing changed
+
+
+def test_compare_reads_a_good_metrics_csv_it_is_given(tmp_path, capsys):
+    """The counterpart of the refusals: the same file without the crafted line is read, value for value."""
+    from cifarlit.commands.compare import read_run
+
+    run = tmp_path / "runs" / "good" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text(HEADER + "0,2,0.5,\n0,2,,0.6\n1,5,0.6,0.7\n")  # as CSVLogger leaves gaps
+    assert read_run(run) == {"train/acc": [0.5, 0.6], "val/acc": [0.6, 0.7]}
+
+
+def other_database(path: Path, marker: Path) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE notes (text)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+        db.commit()
+
+
+def mlflow_names_without_mlflow_schema(path: Path, marker: Path) -> None:
+    import sqlite3
+
+    from cifarlit.commands.compare import MLFLOW_TABLES
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for table in MLFLOW_TABLES:
+            db.execute(f"CREATE TABLE {table} (x)")
+        db.execute("INSERT INTO alembic_version VALUES ('not a revision')")
+        db.commit()
+
+
+CRAFTED_STORES = {
+    "missing": lambda p, m: None,  # MLflow would create it
+    "empty": lambda p, m: p.write_bytes(b""),  # MLflow would create its tables in it
+    "random_bytes": lambda p, m: p.write_bytes(bytes(range(256)) * 8),
+    "a_pickle_payload": lambda p, m: p.write_bytes(payload(m)),
+    "another_programs_database": other_database,
+    "mlflow_table_names_with_other_columns": mlflow_names_without_mlflow_schema,
+    "a_folder": lambda p, m: p.mkdir(),
+}
+
+
+@pytest.mark.parametrize("variant", CRAFTED_STORES, ids=str)
+def test_compare_refuses_a_crafted_mlflow_database_and_never_writes_to_it(variant, tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    marker = tmp_path / "marker"
+    CRAFTED_STORES[variant](store, marker)
+    before = tree(tmp_path)
+    message = refused(capsys, "compare", f"sqlite:///{store}", "--output", str(tmp_path / "c.png"))
+    assert f"the MLflow store sqlite:///{store}" in message
+    assert not marker.exists()
+    assert tree(tmp_path) == before  # not created, no tables added, no compare.png
+
+
+def file_store_meta_yaml_payload(root: Path, marker: Path) -> None:
+    (root / ".trash").mkdir(parents=True)
+    (root / "0").mkdir()
+    (root / "0" / "meta.yaml").write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
+
+
+def file_store_without_trash(root: Path, marker: Path) -> None:
+    (root / "0").mkdir(parents=True)  # MLflow would add its .trash folder
+
+
+def file_store_yaml_bomb(root: Path, marker: Path) -> None:
+    (root / ".trash").mkdir(parents=True)
+    (root / "0").mkdir()
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]'] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]" for i in range(8)
+    ]
+    (root / "0" / "meta.yaml").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("variant", [file_store_meta_yaml_payload, file_store_without_trash, file_store_yaml_bomb],
+                         ids=lambda v: v.__name__)  # fmt: skip
+def test_compare_refuses_a_crafted_mlflow_file_store(variant, tmp_path, monkeypatch, capsys):
+    """MLflow reads a file store's meta.yaml with yaml's safe loader: a payload is an error, not a command."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    marker = tmp_path / "marker"
+    variant(tmp_path / "mlruns", marker)
+    before = tree(tmp_path)
+    message = refused(capsys, "compare", f"file:{tmp_path / 'mlruns'}", "--output", str(tmp_path / "c.png"))
+    assert f"the MLflow store file:{tmp_path / 'mlruns'}" in message
+    assert not marker.exists()
+    assert tree(tmp_path) == before
+
+
+def test_compare_refuses_a_file_store_unless_mlflow_may_read_it(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "mlruns" / ".trash").mkdir(parents=True)
+    message = refused(capsys, "compare", f"file:{tmp_path / 'mlruns'}", "--output", str(tmp_path / "c.png"))
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in message
+
+
+def test_compare_says_at_once_that_a_tracking_server_does_not_answer(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    started = time.monotonic()
+    message = refused(capsys, "compare", f"http://127.0.0.1:{free_port()}", "--output", str(tmp_path / "c.png"))
+    assert "cannot be read" in message and time.monotonic() - started < 60  # no minutes of retries
+    assert not list(tmp_path.iterdir())

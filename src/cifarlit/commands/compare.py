@@ -127,17 +127,16 @@ def read_csv_run(path: Path) -> dict[str, list[float]]:
 
 def mlflow_runs(uri: str) -> dict[str, dict[str, list[float]]]:
     """Every run of an MLflow tracking store (of one experiment with ``URI#name``), by run name, as :func:`read_run`
-    gives them; the store is opened only if it is one (a database file is checked read-only first, so MLflow
-    never creates or upgrades tables in a file that is not its own)."""
+    gives them. Read-only: a SQLite store is read from a copy, so MLflow never creates or upgrades tables in the
+    user's file, and a ``file:`` store only if MLflow made it (see :func:`_readable_store`)."""
     uri, _, experiment = uri.partition("#")
-    _check_store(uri)
     try:
         from mlflow.tracking import MlflowClient
     except ModuleNotFoundError:
         raise CifarlitError(f"reading the MLflow store {uri} needs mlflow: pip install 'cifarlit[trackers]'.") from None
-    with _no_http_retries():
+    with _readable_store(uri) as readable, _no_http_retries():
         try:
-            client = MlflowClient(uri)
+            client = MlflowClient(readable)
             if experiment:
                 found = client.get_experiment_by_name(experiment)
                 if found is None:
@@ -146,6 +145,8 @@ def mlflow_runs(uri: str) -> dict[str, dict[str, list[float]]]:
             else:
                 ids = [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(ids, order_by=["attributes.start_time ASC"]) if ids else []
+            if not runs:
+                raise CifarlitError(f"the MLflow store {uri} holds no runs{f' in {experiment!r}' if experiment else ''}.")
             return {f"{run.info.run_name or run.info.run_id}": _mlflow_scalars(client, run) for run in runs}
         except CifarlitError:
             raise
@@ -167,31 +168,48 @@ def _mlflow_scalars(client, run) -> dict[str, list[float]]:
     return scalars
 
 
-def _check_store(uri: str) -> None:
-    """A SQLite store must be an existing SQLite file with MLflow's tables, a ``file:`` store a folder MLflow 3 is
-    allowed to read; other URIs (servers, other databases) are MLflow's to check."""
+# MLflow's own tables in every version that cifarlit's loggers write: a SQLite file without them is not a store
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs", "metrics", "params", "tags", "latest_metrics"}
+
+
+@contextlib.contextmanager
+def _readable_store(uri: str):
+    """The URI to read ``uri`` through without writing to it: a SQLite store's copy (MLflow would add or upgrade
+    tables in the file it opens), a ``file:`` store as it is once MLflow made it (it would add its ``.trash``
+    folder to any other) and MLflow 3 is allowed to read it; servers and other databases as given."""
     import os
     import sqlite3
+    import tempfile
 
-    if uri.startswith("sqlite:"):
-        path = Path(uri.split(":///", 1)[-1] if ":///" in uri else uri[len("sqlite:") :])
-        if not path.is_file():
-            raise CifarlitError(f"the MLflow store {uri}: {str(path)!r} is not a file; pass the database of a run.")
-        try:
-            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as err:
-            raise CifarlitError(f"the MLflow store {uri} is not a SQLite database ({err}): pass the database a run "
-                                "logged to.") from None  # fmt: skip
-        if not {"experiments", "runs", "metrics"} <= tables:
-            raise CifarlitError(f"the MLflow store {uri} is a SQLite database without MLflow's tables: pass the "
-                                "database a run logged to.")  # fmt: skip
-    elif uri.startswith("file:"):
+    if uri.startswith("file:"):
+        folder = Path(uri[len("file:") :].removeprefix("//"))
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
             raise CifarlitError(f"the MLflow store {uri} is a file: store, which MLflow 3 reads only with "
                                 "MLFLOW_ALLOW_FILE_STORE=true set.")  # fmt: skip
-        if not Path(uri[len("file:") :].removeprefix("//")).is_dir():
-            raise CifarlitError(f"the MLflow store {uri} is not a folder; pass the store a run logged to.")
+        if not (folder / ".trash").is_dir():
+            raise CifarlitError(f"the MLflow store {uri} is not a folder MLflow made (no .trash folder in it): pass "
+                                "the store a run logged to.")  # fmt: skip
+    if not uri.startswith("sqlite:"):
+        yield uri
+        return
+    path = Path(uri.split(":///", 1)[-1] if ":///" in uri else uri[len("sqlite:") :])
+    if not path.is_file():  # MLflow would create it
+        raise CifarlitError(f"the MLflow store {uri}: {str(path)!r} is not a file; pass the database of a run.")
+    with tempfile.TemporaryDirectory(prefix="cifarlit-compare-") as tmp:
+        copy = Path(tmp) / "mlflow.db"
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if MLFLOW_TABLES <= tables:
+                    with contextlib.closing(sqlite3.connect(copy)) as target:
+                        db.backup(target)  # a consistent copy, also of a database a run is writing
+        except sqlite3.Error as err:
+            raise CifarlitError(f"the MLflow store {uri} is not a SQLite database ({err}): pass the database of a "
+                                "run.") from None  # fmt: skip
+        if not MLFLOW_TABLES <= tables:
+            raise CifarlitError(f"the MLflow store {uri} is a SQLite database without MLflow's tables: pass the "
+                                "database of a run.")  # fmt: skip
+        yield f"sqlite:///{copy}"
 
 
 @contextlib.contextmanager
