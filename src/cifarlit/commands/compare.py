@@ -146,7 +146,8 @@ def mlflow_runs(uri: str) -> dict[str, dict[str, list[float]]]:
                 ids = [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(ids, order_by=["attributes.start_time ASC"]) if ids else []
             if not runs:
-                raise CifarlitError(f"the MLflow store {uri} holds no runs{f' in {experiment!r}' if experiment else ''}.")
+                where = f" in experiment {experiment!r}" if experiment else ""
+                raise CifarlitError(f"the MLflow store {uri} holds no runs{where}: pass the store a run logged to.")
             return {f"{run.info.run_name or run.info.run_id}": _mlflow_scalars(client, run) for run in runs}
         except CifarlitError:
             raise
