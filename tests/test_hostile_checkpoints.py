@@ -637,7 +637,7 @@ def test_invalid_trainer_numbers_are_one_sentence(option, own_run, tmp_path, mon
 
 
 def test_every_checked_trainer_number_names_its_option_value_and_range():
-    from cifarlit.cli import check_trainer_numbers
+    from cifarlit.training.trainer import check_numbers as check_trainer_numbers
 
     for option, value in PARSED_TRAINER_NUMBERS.items():
         with pytest.raises(CifarlitError, match=rf"^trainer.{option}={value} is not valid: use .+\.$"):

@@ -35,7 +35,7 @@ import pytest
 import torch
 from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
-from cifarlit.cli import cli_main
+from cifarlit.cli import cli_main, run_command
 from cifarlit.commands import prepare
 from cifarlit.data import archive as cifar_archive
 from cifarlit.data import cache as decode_cache
@@ -508,7 +508,7 @@ def probe_not_files(base: str) -> None:
     sys.argv = ["cifarlit"]
     record("fifo", "fit-cli", lambda: cli_main(["fit", "-c", DEFAULT, *options, "--trainer.max_epochs", "1"]).trainer
            .state.finished)  # fmt: skip
-    record("fifo", "prepare-cli", lambda: prepare.main([*options, "--output", str(Path(base) / "stream"),
+    record("fifo", "prepare-cli", lambda: run_command("prepare", [*options, "--output", str(Path(base) / "stream"),
                                                         "--num_workers", "1"]))  # fmt: skip
 
 

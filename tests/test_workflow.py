@@ -10,12 +10,21 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cifarlit.cli import cli_main
-from cifarlit.commands.compare import main as compare_main
+from cifarlit.cli import cli_main, run_command
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.models.lit_mlp import LitMLP
 from cifarlit.training.callbacks import OverfitCheck
+from cifarlit.utils.errors import CifarlitError, report
 from helpers import run_cli
+
+
+def compare_main(argv: list[str]) -> int:
+    """``cifarlit compare ARGV`` in this process: its exit status, a refusal reported as the CLI reports it."""
+    try:
+        return run_command("compare", argv)
+    except CifarlitError as err:
+        return report(err)
+
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "configs" / "default.yaml")

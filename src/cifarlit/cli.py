@@ -269,7 +269,8 @@ def run_command(name: str, argv: list[str]) -> int | None:
         parser.add_class_arguments(CIFAR10DataModule, "data", instantiate=False, sub_configs=True)
     else:
         parser.add_argument("-c", "--config", action="config", help="A YAML file of these options.")
-    positional = [key for key, p in arguments.items() if p.default is p.empty and hints.get(key) == list[str]]
+    positional = [key for key, p in arguments.items()
+                  if key not in injected and p.default is p.empty and hints.get(key) == list[str]]  # fmt: skip
     for key in positional:
         parser.add_argument(key, nargs="+", help=_argument_help(main, key))
     parser.add_function_arguments(main, as_group=False, skip={*injected, *positional, "data"})

@@ -23,15 +23,12 @@ refused in one sentence, before anything is read or written.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import inspect
 import io
 import json
 import multiprocessing
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +36,9 @@ import numpy as np
 import torch
 
 from cifarlit.data import DataError, images, pickles, shapes, sources, split, stream
-from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.data.stream_loader import collate
 from cifarlit.utils import files
-from cifarlit.utils.errors import CifarlitError, report
 
-OPTIONS = ("data_dir", "download", "val_size", "test_size", "seed", "image_size", "channels")  # decide what is written
 PARTIAL = "partial-"  # ".<output name>.partial-<host>-<pid>": the stream being written
 OLD = "old-"  # ".<output name>.old-<host>-<pid>": the stream being replaced, removed once the new one is in place
 UNREADABLE = "unreadable"  # a folder in the partial stream where the readers list the files they cannot decode
@@ -364,61 +358,29 @@ def _publish(partial: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _config_values(files: list[str]) -> dict:
-    """The split options in the ``data:`` sections of ``-c`` config files, later files winning."""
-    import yaml
+def main(
+    data: dict,
+    output: Path,
+    num_workers: int = min(8, os.cpu_count() or 1),
+    chunk_bytes: str = CHUNK_BYTES,
+    repeat: int = 1,
+    overwrite: bool = False,
+) -> int:
+    """Write a dataset's train/val/test split as a LitData stream for `cifarlit fit --data.stream`.
 
-    values = {}
-    for file in files:
-        try:
-            config = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise CifarlitError(f"-c {file} cannot be read ({err.__class__.__name__}): pass a YAML config.") from None
-        values.update({k: v for k, v in (config.get("data") or {}).items() if k in OPTIONS})
-    return values
-
-
-def _number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cifarlit prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", action="append", default=[], help="a fit config; its data.* split "
-                        "options are read (later files and the options below win)")  # fmt: skip
-    parser.add_argument("--output", required=True, type=Path, help="the folder to write (then --data.stream)")
-    parser.add_argument("--data.data_dir", dest="data_dir", help="the dataset, as for fit")
-    parser.add_argument("--data.download", dest="download", choices=["true", "false"], help="as for fit")
-    parser.add_argument("--data.val_size", dest="val_size", type=_number, help="as for fit: a fraction or a count")
-    parser.add_argument("--data.test_size", dest="test_size", type=_number, help="as for fit (folders without test/)")
-    parser.add_argument("--data.seed", dest="seed", type=int, help="as for fit: the seed of the split")
-    parser.add_argument("--data.image_size", dest="image_size", type=int, help="as for fit: the side images get")
-    parser.add_argument("--data.channels", dest="channels", type=int, help="as for fit: 3 (RGB) or 1 (gray)")
-    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="LitData worker "
-                        "processes that decode and write (default: one per core, at most 8)")  # fmt: skip
-    parser.add_argument("--chunk_bytes", default=CHUNK_BYTES, help=f"LitData chunk size (default {CHUNK_BYTES})")
-    parser.add_argument("--repeat", type=int, default=1, help="write the training split this many times (to "
-                        "measure a dataset N times larger; benchmarks/stream_cost.py)")  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing stream at --output")
-    args = parser.parse_args(argv)
-    signature = inspect.signature(CIFAR10DataModule.__init__).parameters
-    defaults = {name: signature[name].default for name in OPTIONS}  # fit's defaults
-    try:
-        given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
-        options = {**defaults, **_config_values(args.config), **given}
-        download = options["download"] not in (False, "false")
-        prepare(
-            Path(options["data_dir"]).expanduser(), args.output, options["val_size"], options["test_size"],
-            int(options["seed"]), download, args.num_workers, args.chunk_bytes, args.repeat, args.overwrite,
-            int(options["image_size"]), int(options["channels"]),
-        )  # fmt: skip
-    except CifarlitError as err:
-        return report(err)
+    Args:
+        data: the data options of fit (-c fit configs and --data.*): data_dir, download, val_size, test_size, seed,
+            image_size and channels decide what is written; the others are a training's.
+        output: the folder to write (then pass it as --data.stream).
+        num_workers: LitData worker processes that decode and write (default: one per core, at most 8).
+        chunk_bytes: LitData's chunk size.
+        repeat: write the training split this many times (to measure a dataset N times larger;
+            benchmarks/stream_cost.py).
+        overwrite: replace an existing stream at --output (never the dataset, nor anything else).
+    """
+    prepare(
+        Path(data["data_dir"]).expanduser(), Path(output), data["val_size"], data["test_size"], int(data["seed"]),
+        bool(data["download"]), num_workers, chunk_bytes, repeat, overwrite, int(data["image_size"]),
+        int(data["channels"]),
+    )  # fmt: skip
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -40,28 +40,7 @@ EXPORTED = "a file written by `cifarlit export --format onnx`"
 log = logging.getLogger(__name__)
 
 
-def options(
-    ckpt_path: Path,
-    port: int = 8000,
-    host: str = "127.0.0.1",
-    max_batch_size: int = 64,
-    batch_timeout: float = 0.01,
-    workers: int = 1,
-    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
-    model: Literal["torch", "onnx"] = "torch",
-) -> None:
-    """Serve a trained model over HTTP: POST an image to /predict, get its label and class probabilities.
-
-    Args:
-        ckpt_path: a checkpoint written by `cifarlit fit`, or with --model onnx a file written by `cifarlit export`.
-        port: the TCP port to listen on (1024-65535).
-        host: 127.0.0.1 answers this machine only; 0.0.0.0 (or :: for IPv6) every network interface.
-        max_batch_size: at most this many concurrent requests go through the model as one forward pass.
-        batch_timeout: seconds a worker waits for more requests to fill a batch (above 0: LitServe polls its queue).
-        workers: model worker processes per device.
-        accelerator: where the model runs: auto (a GPU when there is one), cpu, cuda or mps.
-        model: torch runs the checkpoint's network; onnx runs an exported .onnx file with onnxruntime.
-    """
+# the options are main's signature: `cifarlit serve` parses them with jsonargparse (cli.run_command)
 
 
 VALID = {
@@ -203,16 +182,8 @@ def _looks_exported(session) -> bool:
     return sizes_ok and shape[2] in (1, 3) and (not isinstance(out, int) or out == len(classes))
 
 
-def parse(argv: list[str]) -> dict:
-    """The options of :func:`options`, each checked; a bad one is a CifarlitError naming it."""
-    from jsonargparse import ArgumentError, ArgumentParser
-
-    parser = ArgumentParser(prog="cifarlit serve", description=options.__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_function_arguments(options, as_group=False)
-    try:
-        args = vars(parser.parse_args(argv))
-    except ArgumentError as err:
-        raise CifarlitError(_sentence(" ".join(str(err).split()))) from None
+def check(args: dict) -> None:
+    """Each option of :func:`main` in its range; a bad one is a CifarlitError naming it."""
     bad = {
         "port": not 1024 <= args["port"] <= 65535,
         "host": args["host"] not in HOSTS,
@@ -225,20 +196,6 @@ def parse(argv: list[str]) -> dict:
     for name, wrong in bad.items():
         if wrong:
             raise CifarlitError(f"--{name} {args[name]!r} is not valid: use {VALID[name]}.")
-    return args
-
-
-def _sentence(error: str) -> str:
-    """jsonargparse's complaint as cifarlit's one sentence."""
-    import re
-
-    typed = re.match(r'Parser key "(\w+)": .*Got value: (.*)$', error)
-    if typed and typed.group(1) in VALID:
-        return f"--{typed.group(1)} {typed.group(2).strip()!r} is not valid: use {VALID[typed.group(1)]}."
-    if "required" in error and "ckpt_path" in error:
-        return "cifarlit serve needs --ckpt_path: a checkpoint written by `cifarlit fit` (or, with --model onnx, " \
-               "a file written by `cifarlit export`)."  # fmt: skip
-    return f"cifarlit serve: {error.rstrip('.')}; see `cifarlit serve --help` for its options."
 
 
 def _check_port(host: str, port: int) -> None:
@@ -309,9 +266,32 @@ def run(server: ls.LitServer, host: str, port: int) -> None:
                 child.kill()
 
 
-def main(argv: list[str]) -> int:
+def main(
+    ckpt_path: Path,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    max_batch_size: int = 64,
+    batch_timeout: float = 0.01,
+    workers: int = 1,
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
+    model: Literal["torch", "onnx"] = "torch",
+) -> int:
+    """Serve a trained model over HTTP: POST an image to /predict, get its label and class probabilities.
+
+    Args:
+        ckpt_path: a checkpoint written by `cifarlit fit`, or with --model onnx a file written by `cifarlit export`.
+        port: the TCP port to listen on (1024-65535).
+        host: 127.0.0.1 answers this machine only; 0.0.0.0 (or :: for IPv6) every network interface.
+        max_batch_size: at most this many concurrent requests go through the model as one forward pass.
+        batch_timeout: seconds a worker waits for more requests to fill a batch (above 0: LitServe polls its queue).
+        workers: model worker processes per device.
+        accelerator: where the model runs: auto (a GPU when there is one), cpu, cuda or mps.
+        model: torch runs the checkpoint's network; onnx runs an exported .onnx file with onnxruntime.
+    """
+    args = {"ckpt_path": ckpt_path, "port": port, "host": host, "max_batch_size": max_batch_size,
+            "batch_timeout": batch_timeout, "workers": workers, "accelerator": accelerator, "model": model}  # fmt: skip
     try:
-        args = parse(argv)
+        check(args)
         served = describe(args["ckpt_path"], args["model"])
         _check_port(args["host"], args["port"])
         server = build(served, args)

@@ -18,12 +18,12 @@ Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -259,82 +259,98 @@ def write_best(study, metric: str):
     return best, best_file
 
 
-def main(argv: list[str], run_fit: Callable) -> int:
-    """``cifarlit tune ARGS``; ``run_fit(args, extra_callbacks)`` runs one ``cifarlit fit`` (the CLI passes its own,
-    so this module does not import the command line back)."""
-    parser = argparse.ArgumentParser(
-        prog="cifarlit tune",
-        description="Optuna search over `cifarlit fit` runs. Arguments not listed here go to `fit` "
-        "(e.g. -c configs/default.yaml -c configs/debug/subset.yaml --data.data_dir data).",
-    )
-    parser.add_argument("--space", type=Path, required=True, help="YAML search space, see configs/tune/mlp_space.yaml")
-    parser.add_argument("--n_trials", type=int, default=20, help="trials this worker runs (others add more)")
-    parser.add_argument("--study_name", default="cifarlit")
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help="where the study lives: a journal file (*.journal), safe for several workers at once, also on a "
-        "shared file system; or a database URL: sqlite:///tune.db for one worker, postgresql://... or mysql://... "
-        "for many machines. Default: lightning_logs/tune_<study>.journal",
-    )
-    parser.add_argument("--metric", default="val/acc", help="validation metric to optimize")
-    parser.add_argument("--direction", choices=("maximize", "minimize"), default="maximize")
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of Optuna's TPE sampler: trial n draws from (seed, n), "
-        "so workers sharing a study with the same seed still propose different settings",
-    )
-    parser.add_argument("--warmup_epochs", type=int, default=2, help="epochs before a trial may be pruned")
-    parser.add_argument("--startup_trials", type=int, default=3, help="complete trials before pruning starts")
-    args, fit_args = parser.parse_known_args(argv)
-    if args.n_trials < 1:
-        raise CifarlitError(f"--n_trials={args.n_trials} is not valid: run at least 1 trial.")
-    space = load_space(args.space)
+def main(
+    space: Path,
+    fit_args: list[str],
+    run_fit: Callable,
+    n_trials: int = 20,
+    study_name: str = "cifarlit",
+    storage: str | None = None,
+    metric: str = "val/acc",
+    direction: Literal["maximize", "minimize"] = "maximize",
+    seed: int = 0,
+    warmup_epochs: int = 2,
+    startup_trials: int = 3,
+) -> int:
+    """Optuna search over `cifarlit fit` runs; the options not listed here go to `fit` (e.g. -c
+    configs/default.yaml -c configs/debug/subset.yaml --data.data_dir data).
+
+    Args:
+        space: YAML search space, see configs/tune/mlp_space.yaml.
+        fit_args: the arguments of `cifarlit fit` (every option that is not tune's).
+        run_fit: runs one `cifarlit fit` with them and extra callbacks (the CLI passes its own, so this module
+            does not import the command line back).
+        n_trials: trials this worker runs (others add more).
+        study_name: the study's name in its storage.
+        storage: where the study lives: a journal file (*.journal), safe for several workers at once, also on a
+            shared file system; or a database URL: sqlite:///tune.db for one worker, postgresql://... or
+            mysql://... for many machines. Default: lightning_logs/tune_<study>.journal.
+        metric: the validation metric to optimize.
+        direction: maximize or minimize the metric.
+        seed: seed of Optuna's TPE sampler: trial n draws from (seed, n), so workers sharing a study with the
+            same seed still propose different settings.
+        warmup_epochs: epochs before a trial may be pruned.
+        startup_trials: complete trials before pruning starts.
+    """
+    if n_trials < 1:
+        raise CifarlitError(f"--n_trials={n_trials} is not valid: run at least 1 trial.")
+    values = load_space(space)
 
     import optuna
-    from optuna_integration import PyTorchLightningPruningCallback
 
-    storage, where = open_storage(args.storage, args.study_name)
+    storage, where = open_storage(storage, study_name)
     study = create_study(  # loads the study if it exists: the same command resumes it, or joins its workers
         storage,
         where,
-        study_name=args.study_name,
-        direction=args.direction,
+        study_name=study_name,
+        direction=direction,
         # constant_liar (Optuna 5's default; 4.x warns it is experimental): trials still running in other workers
         # count as bad ones, so the workers do not all close in on one spot
-        sampler=trial_seeded_sampler(args.seed, constant_liar=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
+        sampler=trial_seeded_sampler(seed, constant_liar=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs),
     )
+    objective = _objective(values, fit_args, run_fit, study_name, metric, direction)
+    # A trial that fails (a NaN loss, settings that do not fit the data) is recorded as failed, with its error
+    # in Optuna's log, and the study goes on; a wrong option ends it (LightningCLI exits) and Ctrl-C stops it.
+    study.optimize(objective, n_trials=n_trials, catch=(Exception,))
+    return _summary(study, where, metric)
 
-    def objective(trial: optuna.Trial) -> float:
+
+def _objective(space: dict, fit_args: list[str], run_fit: Callable, study_name: str, metric: str, direction: str):
+    """One trial: the suggested values as fit options, a run with Optuna's pruner, the best reported metric."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    def objective(trial) -> float:
         values = suggest(trial, space)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the dashboard
-        pruning = PyTorchLightningPruningCallback(trial, monitor=args.metric)
+        pruning = PyTorchLightningPruningCallback(trial, monitor=metric)
         run_args = [*fit_args, *as_args(values), "--test_after_fit", "false"]
         # named in whatever loggers the config has: tune_<study>/trial_<n> folders, MLflow experiment and run, ...
-        names = (f"tune_{args.study_name}", f"trial_{trial.number}")
+        names = (f"tune_{study_name}", f"trial_{trial.number}")
         cli = run_fit(run_args, extra_callbacks=[pruning], run_name=names)
         pruning.check_pruned()
         reported = list(trial.storage.get_trial(trial._trial_id).intermediate_values.values())
         if not reported:
-            raise CifarlitError(f"no {args.metric} was logged; check --metric against the logged names.")
+            raise CifarlitError(f"no {metric} was logged; check --metric against the logged names.")
         if cli.trainer.interrupted:
             raise KeyboardInterrupt
-        return max(reported) if args.direction == "maximize" else min(reported)
+        return max(reported) if direction == "maximize" else min(reported)
 
-    # A trial that fails (a NaN loss, settings that do not fit the data) is recorded as failed, with its error
-    # in Optuna's log, and the study goes on; a wrong option ends it (LightningCLI exits) and Ctrl-C stops it.
-    study.optimize(objective, n_trials=args.n_trials, catch=(Exception,))
+    return objective
+
+
+def _summary(study, where: str, metric: str) -> int:
+    """Print what the study holds and write its best settings; 1 when no trial completed."""
+    import optuna
+
     states = [t.state for t in study.trials]
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned, failed = states.count(optuna.trial.TrialState.PRUNED), states.count(optuna.trial.TrialState.FAIL)
-    print(f"\nstudy {args.study_name} in {where}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
+    print(f"\nstudy {study.study_name} in {where}: {len(finished)} complete, {pruned} pruned, {failed} failed trials")
     if not finished:
         return 1
-    best, best_file = write_best(study, args.metric)
-    print(f"best {args.metric} {best.value:.4f} (trial {best.number}):")
+    best, best_file = write_best(study, metric)
+    print(f"best {metric} {best.value:.4f} (trial {best.number}):")
     for key, value in best.params.items():
         print(f"  {key}: {value}")
     print(f"written to {best_file}; train it on all data with your full config plus `-c {best_file}`")
