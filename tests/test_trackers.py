@@ -178,6 +178,24 @@ def test_mlflow_sqlite_store_holds_metrics_params_and_the_config(pickle_root, tm
     assert float(row["test/acc"]) == pytest.approx(run.data.metrics["test/acc"], abs=1e-4)
 
 
+def test_tune_names_its_trials_in_an_mlflow_store(pickle_root, tmp_path, monkeypatch, capsys):
+    """tune's trials as the runs `trial_<n>` of the experiment `tune_<study>`, not as TensorBoard folder names."""
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text("model.optimizer.init_args.lr: {type: categorical, choices: [0.01]}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("tune", "--space", "space.yaml", "--study_name", "s", "--n_trials", "1", "--storage", "sqlite:///s.db",
+                "-c", DEFAULT, "-c", str(LOGGERS / "mlflow.yaml"), "--data.data_dir", str(pickle_root),
+                "--trainer.max_epochs", "1")  # fmt: skip
+    assert exit_info.value.code == 0, capsys.readouterr().err[-2000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient("sqlite:///mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("tune_s").experiment_id])
+    assert run.info.run_name == "trial_0" and "val/acc" in run.data.metrics and "test/acc" not in run.data.metrics
+    assert (tmp_path / "lightning_logs" / "tune_s" / "best.yaml").is_file()
+
+
 def test_an_mlflow_file_store_is_refused_in_one_sentence_unless_allowed(tmp_path, monkeypatch, capsys):
     pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
