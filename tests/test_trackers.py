@@ -178,6 +178,35 @@ def test_mlflow_sqlite_store_holds_metrics_params_and_the_config(pickle_root, tm
     assert float(row["test/acc"]) == pytest.approx(run.data.metrics["test/acc"], abs=1e-4)
 
 
+def test_validate_test_predict_and_explore_log_to_mlflow(own_run, tmp_path, monkeypatch):
+    """Every LightningCLI command with an MLflow logger: a run each, its files in its run folder and in the store."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from conftest import write_unlabelled_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_unlabelled_folder(tmp_path / "new")
+    common = ["-c", DEFAULT, "-c", str(LOGGERS / "mlflow.yaml"), "--data.data_dir", str(own_run.data)]
+    ckpt = ["--ckpt_path", str(own_run.ckpt)]
+    for command in (["validate", *ckpt], ["test", *ckpt], ["predict", *ckpt, "--data.predict_dir", "new"],
+                    ["explore", "--log_grid", "true"]):  # fmt: skip
+        run_cli(command[0], *common, *command[1:])
+    client = MlflowClient("sqlite:///mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cifarlit").experiment_id], order_by=["start_time ASC"])
+    assert len(runs) == 4  # validate, test, predict, explore: one run each
+    folders = [tmp_path / "lightning_logs" / "mlflow" / run.info.experiment_id / run.info.run_id for run in runs]
+    validated, tested, predicted, explored = zip(runs, folders, strict=True)
+    assert "val/acc" in validated[0].data.metrics and (validated[1] / "config.yaml").is_file()
+    assert "test/acc" in tested[0].data.metrics
+    for name in ("config.yaml", "per_class_accuracy.csv", "confusion_matrix.csv"):
+        local = client.download_artifacts(tested[0].info.run_id, name, str(tmp_path))
+        assert Path(local).read_bytes() == (tested[1] / name).read_bytes()
+    assert len((predicted[1] / "predictions.csv").read_text().splitlines()) == 1 + 9  # a header and 9 images
+    assert (explored[1] / "explore.png").is_file()
+    assert [a.path for a in client.list_artifacts(explored[0].info.run_id, "explore")] == ["explore/samples.png"]
+
+
 def test_tune_names_its_trials_in_an_mlflow_store(pickle_root, tmp_path, monkeypatch, capsys):
     """tune's trials as the runs `trial_<n>` of the experiment `tune_<study>`, not as TensorBoard folder names."""
     pytest.importorskip("mlflow")
