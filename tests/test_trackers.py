@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from cifarlit.cli import cli_main
+from cifarlit.commands.compare import main as compare_main
 from cifarlit.training import trackers
+from cifarlit.utils.errors import CifarlitError
 from helpers import REPO, run_cli
 
 DEFAULT = str(REPO / "configs" / "default.yaml")
@@ -112,6 +114,39 @@ def test_tensorboard_and_csv_at_once_share_one_run_folder(pickle_root, tmp_path,
     capsys.readouterr()
     row = table_row(compare(capsys, str(run), "--output", str(tmp_path / "c.png")), "b")
     assert row["epochs"] == "1" and row["fit time"] != "-"  # read from TensorBoard's events, which have times
+
+
+def logger_config(root: Path, *kinds: str):
+    """A parsed config's ``trainer`` with these loggers (a list when several), as runs.py reads it."""
+    from jsonargparse import Namespace
+
+    items = [Namespace(class_path=f"lightning.pytorch.loggers.{kind}",
+                       init_args=Namespace(save_dir=str(root), name="r", version=None)) for kind in kinds]  # fmt: skip
+    return Namespace(trainer=Namespace(logger=items if len(items) > 1 else items[0], default_root_dir=str(root)))
+
+
+def test_csv_loggers_get_run_folders_and_resume_like_tensorboards(tmp_path):
+    from cifarlit.training import runs
+
+    both = logger_config(tmp_path, "TensorBoardLogger", "CSVLogger")
+    runs.claim_run_dir(both)
+    assert [item.init_args.version for item in both.trainer.logger] == [0, 0]  # one folder for both
+    again = logger_config(tmp_path, "CSVLogger", "TensorBoardLogger")
+    runs.claim_run_dir(again)
+    assert [item.init_args.version for item in again.trainer.logger] == [1, 1]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["version_0", "version_1"]
+
+    (tmp_path / "r" / "version_1" / "checkpoints").mkdir()
+    (tmp_path / "r" / "version_1" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    csv_first = logger_config(tmp_path, "CSVLogger", "MLFlowLogger")
+    last = runs.checkpoint_file("last", "fit", csv_first)
+    assert last == str(tmp_path / "r" / "version_1" / "checkpoints" / "last.ckpt")
+    runs.resume_into_same_run(csv_first, last)
+    assert csv_first.trainer.logger[0].init_args.version == 1  # the resumed run's folder, not a new one
+    assert csv_first.trainer.logger[1].init_args.version is None  # MLflow names its own runs
+
+    with pytest.raises(CifarlitError, match="TensorBoardLogger or CSVLogger"):
+        runs.checkpoint_file("last", "test", logger_config(tmp_path, "MLFlowLogger", "CSVLogger"))
 
 
 def test_trials_are_named_in_every_kind_of_logger(tmp_path):
@@ -312,6 +347,10 @@ def test_wandb_offline_writes_its_run_files(pickle_root, tmp_path, monkeypatch):
     for name in ("config.yaml", "run_info.json", "per_class_accuracy.csv", "confusion_matrix.csv"):
         assert (offline / "files" / name).read_bytes() == (run_dir / name).read_bytes()
     assert list((offline / "files" / "media" / "images").rglob("confusion_matrix*.png"))
+    for folder in (run_dir, offline):  # compare says in one sentence that it does not read W&B runs
+        with pytest.raises(CifarlitError, match="W&B runs are W&B's own format, which compare does not read"):
+            compare_main([str(folder)], output=str(tmp_path / "c.png"))
+    assert not (tmp_path / "c.png").exists()
 
 
 # --- hostile inputs of compare: a crafted metrics.csv, a crafted MLflow store --------------------------------------

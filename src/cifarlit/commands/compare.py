@@ -47,7 +47,8 @@ def find_runs(patterns: list[str]) -> list[Path]:
                 raise CifarlitError(
                     f"{str(path)!r} has no TensorBoard event files (events.out.tfevents.*) and no CSVLogger "
                     f"{METRICS_CSV}: pass the folder of a run, e.g. lightning_logs/default/version_0, or an MLflow "
-                    "tracking URI such as sqlite:///mlflow.db."
+                    "tracking URI such as sqlite:///mlflow.db (W&B runs are W&B's own format, which compare does "
+                    "not read: add a CSV logger beside W&B's to compare them here)."
                 )
             for run in nested:
                 _check_event_files(run)
