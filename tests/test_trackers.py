@@ -33,6 +33,12 @@ def fit(pickle_root: Path, *extra: str):
     return run_cli("fit", "-c", DEFAULT, *extra, "--data.data_dir", str(pickle_root), "--trainer.max_epochs", "1")
 
 
+def mlflow_db(folder: Path) -> str:
+    """An absolute SQLite URI: MLflow keeps one database engine per URI in a process, so the relative one of
+    configs/loggers/mlflow.yaml would reach the file of the test that used it first, in another folder."""
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 def table_row(out: str, name: str) -> dict[str, str]:
     """The row of run ``name`` in compare's markdown table on stdout."""
     lines = [line for line in out.splitlines() if line.startswith("| ")]
@@ -202,12 +208,14 @@ def test_mlflow_sqlite_store_holds_metrics_params_and_the_config(pickle_root, tm
     pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)
     started = time.perf_counter()
-    cli = fit(pickle_root, "-c", str(LOGGERS / "mlflow.yaml"))
+    cli = fit(
+        pickle_root, "-c", str(LOGGERS / "mlflow.yaml"), "--trainer.logger.init_args.tracking_uri", mlflow_db(tmp_path)
+    )
     print(f"mlflow fit: {time.perf_counter() - started:.1f} s")
-    client, run = mlflow_run("sqlite:///mlflow.db")
+    client, run = mlflow_run(mlflow_db(tmp_path))
     assert_logged_to_mlflow(client, run, cli, tmp_path / "download")
     capsys.readouterr()
-    row = table_row(compare(capsys, "sqlite:///mlflow.db#cifarlit", "--output", str(tmp_path / "c.png")),
+    row = table_row(compare(capsys, f"{mlflow_db(tmp_path)}#cifarlit", "--output", str(tmp_path / "c.png")),
                     run.info.run_name)  # fmt: skip
     assert row["epochs"] == "1" and row["fit time"] != "-"
     assert float(row["test/acc"]) == pytest.approx(run.data.metrics["test/acc"], abs=1e-4)
@@ -222,12 +230,21 @@ def test_validate_test_predict_and_explore_log_to_mlflow(own_run, tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     write_unlabelled_folder(tmp_path / "new")
-    common = ["-c", DEFAULT, "-c", str(LOGGERS / "mlflow.yaml"), "--data.data_dir", str(own_run.data)]
+    common = [
+        "-c",
+        DEFAULT,
+        "-c",
+        str(LOGGERS / "mlflow.yaml"),
+        "--data.data_dir",
+        str(own_run.data),
+        "--trainer.logger.init_args.tracking_uri",
+        mlflow_db(tmp_path),
+    ]
     ckpt = ["--ckpt_path", str(own_run.ckpt)]
     for command in (["validate", *ckpt], ["test", *ckpt], ["predict", *ckpt, "--data.predict_dir", "new"],
                     ["explore", "--log_grid", "true"]):  # fmt: skip
         run_cli(command[0], *common, *command[1:])
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(mlflow_db(tmp_path))
     runs = client.search_runs([client.get_experiment_by_name("cifarlit").experiment_id], order_by=["start_time ASC"])
     assert len(runs) == 4  # validate, test, predict, explore: one run each
     folders = [tmp_path / "lightning_logs" / "mlflow" / run.info.experiment_id / run.info.run_id for run in runs]
@@ -250,11 +267,12 @@ def test_tune_names_its_trials_in_an_mlflow_store(pickle_root, tmp_path, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         run_cli("tune", "--space", "space.yaml", "--study_name", "s", "--n_trials", "1", "--storage", "sqlite:///s.db",
                 "-c", DEFAULT, "-c", str(LOGGERS / "mlflow.yaml"), "--data.data_dir", str(pickle_root),
+                "--trainer.logger.init_args.tracking_uri", mlflow_db(tmp_path),
                 "--trainer.max_epochs", "1")  # fmt: skip
     assert exit_info.value.code == 0, capsys.readouterr().err[-2000:]
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(mlflow_db(tmp_path))
     (run,) = client.search_runs([client.get_experiment_by_name("tune_s").experiment_id])
     assert run.info.run_name == "trial_0" and "val/acc" in run.data.metrics and "test/acc" not in run.data.metrics
     assert (tmp_path / "lightning_logs" / "tune_s" / "best.yaml").is_file()
