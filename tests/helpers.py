@@ -28,6 +28,19 @@ def run_cli(*args: str):
 CONFIGS = sorted(p.relative_to(REPO) for p in (REPO / "configs").rglob("*.yaml") if not p.name.endswith("_space.yaml"))
 
 
+# the package each tracker's logger config needs (an optional extra: tests of it skip without it)
+TRACKERS = {"loggers/mlflow.yaml": "mlflow", "loggers/wandb_offline.yaml": "wandb"}
+
+
+def skip_without_its_tracker(config: Path) -> None:
+    """Skip the test of a logger config whose tracker is not installed (`pip install 'cifarlit[trackers]'`)."""
+    import pytest
+
+    package = TRACKERS.get(Path(config).relative_to("configs").as_posix())
+    if package:
+        pytest.importorskip(package)
+
+
 def config_args(config: Path) -> list[str]:
     """The `-c` files of the command on the config's first line (which must run it: the files exist and the last
     is the config itself)."""

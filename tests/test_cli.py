@@ -32,7 +32,7 @@ from torch import nn
 
 from cifarlit.models.nets import ACTIVATIONS, MLP, NORMS
 from cifarlit.training.callbacks import DEFAULTS, OverfitCheck, RunRecord
-from helpers import CONFIGS, config_args, one_node, run_cli
+from helpers import CONFIGS, config_args, one_node, run_cli, skip_without_its_tracker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,8 @@ def resolve(class_path: str) -> type:
 
 def attribute(obj, name: str):
     """An init argument as the object keeps it, as ``name`` or ``_name`` (Lightning keeps some private)."""
+    if name in getattr(obj, "_wandb_init", {}):  # WandbLogger: its `name` property is the project, not this argument
+        return obj._wandb_init[name]
     for attr in (name, f"_{name}"):
         if hasattr(obj, attr):
             return getattr(obj, attr)
@@ -308,6 +310,7 @@ def readings(cli, key: str, value, merged: dict) -> list[tuple[str, object, obje
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_every_config_runs_a_fast_dev_run(config, pickle_root, tmp_path, monkeypatch, request):
+    skip_without_its_tracker(config)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # set again only if the config's seed_everything is applied
     command_line = {"data": {"data_dir": str(pickle_root), "download": False},
@@ -390,6 +393,7 @@ EXPECTED_CALLBACKS = {
     "default": DEFAULT, "debug/one_batch": LADDER, "debug/one_sample": LADDER, "debug/subset": DEFAULT,
     "experiments/adam": DEFAULT, "experiments/batchnorm": DEFAULT, "experiments/rmsprop": DEFAULT,
     "experiments/sgd_momentum": DEFAULT, "experiments/steplr": DEFAULT, "scale/ddp_nodes": DEFAULT,
+    "loggers/csv": DEFAULT, "loggers/mlflow": DEFAULT, "loggers/wandb_offline": DEFAULT,
     "experiments/baseline": NO_STOPPING, "experiments/weight_decay": NO_STOPPING, "experiments/dropout": NO_STOPPING,
     "experiments/more_data": NO_STOPPING, "experiments/augmentation": NO_STOPPING,
     "experiments/early_stopping": [ES5, BEST, LAST, LR_SCHEDULER, BAR],
@@ -433,6 +437,7 @@ def built(args: list[str], pickle_root, *extra: str):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_each_config_has_its_callbacks(config, pickle_root, tmp_path, monkeypatch):
+    skip_without_its_tracker(config)
     monkeypatch.chdir(tmp_path)  # pretrain's checkpoint folder is relative
     name = str(config.relative_to("configs").with_suffix(""))
     cli = built(config_args(config), pickle_root, *one_node(config))

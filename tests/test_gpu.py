@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CONFIGS, REPO, config_args, one_node, run_cli
+from helpers import CONFIGS, REPO, config_args, one_node, run_cli, skip_without_its_tracker
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,6 +28,7 @@ SHORT = ("--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_every_config_fits_on_the_gpu(config, pickle_root, tmp_path, monkeypatch, request):
+    skip_without_its_tracker(config)
     monkeypatch.chdir(tmp_path)
     if one_node(config):
         request.getfixturevalue("one_process_ddp")

@@ -24,7 +24,7 @@ from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
 from cifarlit.data.shapes import check_image_shape  # noqa: E402
 from cifarlit.models import factories, transfer  # noqa: E402
 from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
-from cifarlit.training import finders, predict, runs  # noqa: E402
+from cifarlit.training import finders, predict, runs, trackers  # noqa: E402
 from cifarlit.training.callbacks import DEFAULTS, OverfitCheck, PerClassReport, RunRecord, kept_defaults  # noqa: E402
 from cifarlit.training.trainer import CifarTrainer, check_numbers  # noqa: E402
 from cifarlit.utils import checkpoints  # noqa: E402
@@ -41,6 +41,10 @@ class CifarCLI(LightningCLI):
     tests the best checkpoint after fit, and writes predict's CSV."""
 
     checkpoint: dict | None = None  # the --ckpt_path file, read and checked once by parse_arguments
+
+    def __init__(self, *args, run_name: tuple[str, str] | None = None, **kwargs) -> None:
+        self.run_name = run_name  # (name, version) of the run in every logger (tune's trials), see trackers.name_run
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -126,6 +130,9 @@ class CifarCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is None:
             return
+        trackers.check(config)
+        if self.run_name:
+            trackers.name_run(config, *self.run_name)
         if self.subcommand == "fit" and config.get("ckpt_path"):
             runs.resume_into_same_run(config, config.ckpt_path)
         if self.subcommand != "explore":  # it writes a run folder only for its grid, at the end
@@ -181,16 +188,19 @@ class CifarCLI(LightningCLI):
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, weights_only=True)
 
 
-def build_cli(args: list[str] | None, callbacks: list | None = None, run: bool = True) -> CifarCLI:
+def build_cli(
+    args: list[str] | None, callbacks: list | None = None, run: bool = True, run_name: tuple[str, str] | None = None
+) -> CifarCLI:
     """``cifarlit SUBCOMMAND ARGS`` through LightningCLI; ``callbacks`` are added to the config's (e.g. tune's pruner,
-    which cannot come from YAML). With ``run=False`` ARGS name no subcommand: the classes are built, not run."""
+    which cannot come from YAML), ``run_name`` names the run in every logger. With ``run=False`` ARGS name no
+    subcommand: the classes are built, not run."""
     no_exit = {"exit_on_error": False}  # a parse error is raised, and reported as one sentence
     try:
         return CifarCLI(
             LitMLP,
             CIFAR10DataModule,
             trainer_class=CifarTrainer,
-            save_config_callback=RunRecord,  # config.yaml, run_info.json and the TensorBoard hparams
+            save_config_callback=RunRecord,  # config.yaml and run_info.json, in the run folder and each tracker
             save_config_kwargs={"overwrite": True},  # re-running or resuming into a run directory is fine
             trainer_defaults={"callbacks": callbacks} if callbacks else None,
             parser_kwargs={
@@ -200,6 +210,7 @@ def build_cli(args: list[str] | None, callbacks: list | None = None, run: bool =
             },  # fmt: skip
             args=args,
             run=run,
+            run_name=run_name,
         )
     except ArgumentError as err:
         subcommand = next((arg for arg in args or sys.argv[1:] if arg in SUBCOMMANDS), None)
@@ -360,9 +371,10 @@ def _data_sections(argv: list[str]) -> list[str]:
     return out
 
 
-def run_fit(args: list[str], extra_callbacks: list | None = None) -> CifarCLI:
-    """``cifarlit fit ARGS`` in this process, with callbacks that cannot come from YAML (e.g. Optuna's pruner)."""
-    return build_cli(["fit", *args], extra_callbacks)
+def run_fit(args: list[str], extra_callbacks: list | None = None, run_name: tuple[str, str] | None = None) -> CifarCLI:
+    """``cifarlit fit ARGS`` in this process, with callbacks that cannot come from YAML (e.g. Optuna's pruner) and
+    the run's (name, version) in every logger."""
+    return build_cli(["fit", *args], extra_callbacks, run_name=run_name)
 
 
 def cli_main(args: list[str] | None = None) -> CifarCLI | None:

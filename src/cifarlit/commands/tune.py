@@ -1,12 +1,13 @@
 """``cifarlit tune``: an Optuna study over ``cifarlit fit`` runs, with pruning, shared by any number of workers.
 
 Every trial is an ordinary ``fit`` with the given configs plus the sampled overrides (``--key value``), logged to
-``lightning_logs/tune_<study>/trial_<n>``. Optuna's Lightning callback reports the monitored metric after each
-validation and stops trials that fall below the median of earlier ones at the same epoch. The study lives in the
-``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an interrupted search
-resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune`` processes, on one
-machine or on machines that share the folder, add trials to one study at once. Optuna numbers the trials in the
-storage, so every trial has its own folder whichever worker runs it. Trials never touch the test split
+``lightning_logs/tune_<study>/trial_<n>`` (by a TensorBoard or CSV logger; an MLflow or W&B logger names the run
+``trial_<n>`` in the experiment or project ``tune_<study>``). Optuna's Lightning callback reports the monitored
+metric after each validation and stops trials that fall below the median of earlier ones at the same epoch. The
+study lives in the ``--storage`` (by default Optuna's journal file ``lightning_logs/tune_<study>.journal``), so an
+interrupted search resumes where it stopped, ``optuna-dashboard <storage>`` shows it, and several ``cifarlit tune``
+processes, on one machine or on machines that share the folder, add trials to one study at once. Optuna numbers the
+trials in the storage, so every trial has its own folder whichever worker runs it. Trials never touch the test split
 (``--test_after_fit false``): the test set is for the final model.
 
 Search spaces are YAML, one entry per option (see ``configs/tune/mlp_space.yaml``)::
@@ -323,12 +324,10 @@ def _objective(space: dict, fit_args: list[str], run_fit: Callable, study_name: 
         values = suggest(trial, space)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, for the dashboard
         pruning = PyTorchLightningPruningCallback(trial, monitor=metric)
-        run_args = [
-            *fit_args, *as_args(values), "--test_after_fit", "false",
-            "--trainer.logger.init_args.name", f"tune_{study_name}",
-            "--trainer.logger.init_args.version", f"trial_{trial.number}",
-        ]  # fmt: skip
-        cli = run_fit(run_args, extra_callbacks=[pruning])
+        run_args = [*fit_args, *as_args(values), "--test_after_fit", "false"]
+        # named in whatever loggers the config has: tune_<study>/trial_<n> folders, MLflow experiment and run, ...
+        names = (f"tune_{study_name}", f"trial_{trial.number}")
+        cli = run_fit(run_args, extra_callbacks=[pruning], run_name=names)
         pruning.check_pruned()
         reported = list(trial.storage.get_trial(trial._trial_id).intermediate_values.values())
         if not reported:

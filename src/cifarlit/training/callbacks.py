@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from cifarlit.training import trackers
 from cifarlit.utils import figures
 from cifarlit.utils.files import atomic_write
 
@@ -114,7 +115,8 @@ class RunRecord(SaveConfigCallback):
     """Records what a result depends on, next to the curves: LightningCLI's ``config.yaml`` (the full resolved
     config), ``run_info.json`` (which images were train/val, as a fingerprint of the index lists and of the
     dataset files, the sizes, classes and package versions) and the hyperparameters in TensorBoard's HPARAMS
-    tab, against the ``val/*`` and ``test/*`` curves.
+    tab, against the ``val/*`` and ``test/*`` curves. Both files go into the run folder whatever the loggers, and
+    into the store of each tracker that keeps one (training/trackers.py).
 
     One callback for both jobs: Lightning calls every callback at every hook of every training step (about
     six per step) whether it overrides the hook or not, so each callback in a config costs every step.
@@ -122,22 +124,36 @@ class RunRecord(SaveConfigCallback):
 
     METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
+    def __init__(self, *args, **kwargs) -> None:
+        # LightningCLI's own saving writes to trainer.log_dir, which is the tracker's store root (or None) for an
+        # MLflow or W&B logger: this callback writes to the run folder instead, in save_config.
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+        self.run_dir: str | None = None
+
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if trainer.logger is None:  # no run folder: Lightning's would be the working directory
+        if trainer.logger is None or self.already_saved:  # no logger, no run folder: Lightning's would be the cwd
             return
-        first = not self.already_saved
-        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        super().setup(trainer, pl_module, stage)  # writes config.yaml on rank 0
-        if first and stage == "fit" and trainer.is_global_zero and log_dir is not None:
-            self._write_info(trainer, log_dir)
+        self.run_dir = trackers.run_dir(trainer)  # a collective under DDP: every rank must ask
+        super().setup(trainer, pl_module, stage)  # calls save_config on rank 0
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        run = Path(self.run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        files = [run / self.config_filename]
+        self.parser.save(
+            self.config, str(files[0]), skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+        )
+        if stage == "fit":
+            files.append(self._write_info(trainer, run))
             self._register_hparams(trainer, pl_module)
+        trackers.log_files(trainer, files)
 
     def _register_hparams(self, trainer, pl_module) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger
         from torch.utils.tensorboard.summary import hparams
 
-        logger = trainer.logger
-        if not isinstance(logger, TensorBoardLogger):
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if logger is None:  # MLflow and W&B show the hyperparameters Lightning logs; a CSV run has hparams.yaml
             return
         flat = {}
         for key, value in pl_module.hparams.items():  # the plugin takes numbers, strings and bools only
@@ -148,7 +164,7 @@ class RunRecord(SaveConfigCallback):
         for summary in hparams(flat, {m: 0.0 for m in self.METRICS}):
             writer.add_summary(summary)
 
-    def _write_info(self, trainer, log_dir: str) -> None:
+    def _write_info(self, trainer, run: Path) -> Path:
         import json
         import platform
         from importlib.metadata import PackageNotFoundError, version
@@ -187,8 +203,9 @@ class RunRecord(SaveConfigCallback):
             "python": platform.python_version(),
             "packages": packages,
         }
-        with atomic_write(Path(log_dir) / "run_info.json", encoding="utf-8") as f:
+        with atomic_write(run / "run_info.json", encoding="utf-8") as f:
             f.write(json.dumps(info, indent=2) + "\n")
+        return run / "run_info.json"
 
 
 def event_writer(experiment):
@@ -207,10 +224,10 @@ def event_writer(experiment):
 class PerClassReport(Callback):
     """After testing: accuracy per class and the confusion matrix, with the data's class names.
 
-    Logs ``test/acc_<class>`` and a ``test/confusion_matrix`` figure (TensorBoard), and writes
-    ``confusion_matrix.csv`` (rows: true class, columns: predicted) and ``per_class_accuracy.csv`` into the
-    run directory. The CLI adds it to every ``test``, including the one after ``fit`` (only then: a callback
-    costs every training step, see :class:`RunRecord`).
+    Logs ``test/acc_<class>`` and a ``test/confusion_matrix`` figure, and writes ``confusion_matrix.csv`` (rows: true
+    class, columns: predicted) and ``per_class_accuracy.csv`` into the run directory, and into the store of each
+    tracker that keeps one (training/trackers.py). The CLI adds it to every ``test``, including the one after ``fit``
+    (only then: a callback costs every training step, see :class:`RunRecord`).
     """
 
     def __init__(self) -> None:
@@ -242,13 +259,14 @@ class PerClassReport(Callback):
         for name, acc, n in zip(self.classes, self.accuracy.tolist(), support.tolist(), strict=True):
             if n:  # a class without test images has no accuracy
                 pl_module.log(f"test/acc_{name}", acc)
-        log_dir = trainer.log_dir if trainer.logger is not None else None  # a collective under DDP
+        log_dir = trackers.run_dir(trainer)  # a collective under DDP
         if trainer.is_global_zero and log_dir is not None:
             self._write(Path(log_dir), trainer)
 
     def _write(self, run_dir: Path, trainer) -> None:
         import csv
 
+        run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(run_dir / "confusion_matrix.csv", newline="", encoding="utf-8") as f:  # class names: UTF-8
             writer = csv.writer(f)
             writer.writerow(["true\\predicted", *self.classes])
@@ -261,13 +279,10 @@ class PerClassReport(Callback):
                 strict=True,
             ):  # fmt: skip
                 writer.writerow([name, n, right, f"{acc:.4f}" if n else ""])
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        if isinstance(trainer.logger, TensorBoardLogger):
-            trainer.logger.experiment.add_figure(
-                "test/confusion_matrix", confusion_figure(self.matrix, self.classes), trainer.global_step
-            )
-            trainer.logger.experiment.flush()
+        trackers.log_files(trainer, [run_dir / "confusion_matrix.csv", run_dir / "per_class_accuracy.csv"])
+        figure = confusion_figure(self.matrix, self.classes)
+        trackers.log_figure(trainer, figure, "test/confusion_matrix")
+        figures.pyplot().close(figure)
         rank_zero_info(f"per-class accuracy and confusion matrix: {run_dir}")
 
 

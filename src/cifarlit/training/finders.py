@@ -30,6 +30,7 @@ from lightning.pytorch.tuner import Tuner
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.models import factories
 from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.training import trackers
 from cifarlit.training.trainer import CifarTrainer
 from cifarlit.utils import figures
 from cifarlit.utils.errors import CifarlitError
@@ -111,6 +112,7 @@ def find_lr(trainer: CifarTrainer, model: LitMLP, datamodule: CIFAR10DataModule)
         fig.axes[0].set_title(f"LR finder: suggested {lr:.3g} (config: {before:.3g})" if before else f"{lr:.3g}")
         figures.save(fig, plot)
         plt.close(fig)
+        trackers.log_files(trainer, [plot])  # an MLflow run's artifacts, a W&B run's files
     print(f"find_lr: the run trains at lr {lr:.4g} (Lightning's LR finder; the config said {before})"
           + (f"; plot: {plot}" if plot else ""))  # fmt: skip
     return lr, plot
@@ -141,7 +143,12 @@ def find_batch_size(trainer: CifarTrainer, model: LitMLP, datamodule: CIFAR10Dat
 
 
 def _run_dir(trainer: CifarTrainer) -> Path | None:
-    return Path(trainer.log_dir) if trainer.logger is not None and trainer.log_dir else None
+    """The run folder whatever the logger (an MLflow or W&B run has no ``log_dir``); None without a logger."""
+    folder = trackers.run_dir(trainer)
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)  # an MLflow or W&B run's folder appears with its first file
+    return Path(folder)
 
 
 @contextlib.contextmanager

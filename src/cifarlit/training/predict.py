@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from cifarlit.training import trackers
 from cifarlit.utils.errors import CifarlitError
 from cifarlit.utils.files import atomic_write, check_output
 
@@ -54,7 +55,7 @@ def csv_path(output: str | None, trainer: Trainer, ckpt_path: str) -> Path:
     if output:
         path = Path(output)
     elif trainer.logger is not None:
-        path = Path(trainer.log_dir) / DEFAULT_NAME
+        path = Path(trackers.run_dir(trainer)) / DEFAULT_NAME  # whatever the logger (trainer.log_dir: TensorBoard's)
     else:
         ckpt = Path(ckpt_path).resolve()
         path = (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / DEFAULT_NAME

@@ -1,10 +1,11 @@
 """Where a run writes: its own ``<save_dir>/<name>/version_N`` folder, or the folder of the run it resumes; and which
 checkpoint file ``--ckpt_path last|best|hpc`` means.
 
-TensorBoardLogger picks the next free ``version_N`` when it first writes, so two runs started together pick the
-same one and write into each other's folder. The CLI settles the folder before anything is built instead: a
-resumed run continues its own, a new run creates the next free one itself (``mkdir`` fails for all but one
-process, so two runs never share one).
+TensorBoardLogger and CSVLogger pick the next free ``version_N`` when they first write, so two runs started together
+pick the same one and write into each other's folder. The CLI settles the folder before anything is built instead:
+a resumed run continues its own, a new run creates the next free one itself (``mkdir`` fails for all but one
+process, so two runs never share one), and several such loggers of one run under one ``<save_dir>/<name>`` share
+it. Other loggers (MLflow, W&B) name their runs themselves (training/trackers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from cifarlit.training.trackers import FOLDER_LOGGERS, is_kind, logger_configs
 from cifarlit.utils import checkpoints
 from cifarlit.utils.errors import CifarlitError
 
@@ -23,7 +25,8 @@ from cifarlit.utils.errors import CifarlitError
 def checkpoint_file(ckpt: str | None, subcommand: str, config) -> str | None:
     """The file ``--ckpt_path`` means, so that the CLI checks that file whatever the option said.
 
-    A path stays as given. ``last`` is the newest run's ``last.ckpt`` (of the configured TensorBoard logger name,
+    A path stays as given. ``last`` is the newest run's ``last.ckpt`` (of the first logger's name, a TensorBoard or CSV
+    logger's,
     or ``<default_root_dir>/checkpoints`` without a logger); ``fit`` without one starts afresh, as Lightning does.
     ``best`` is the best checkpoint that run's ``last.ckpt`` names inside its own checkpoint folder. ``hpc`` (and,
     under SLURM, no ``--ckpt_path``) is the newest ``hpc_ckpt_N.ckpt`` in ``default_root_dir``, which Lightning
@@ -76,13 +79,14 @@ def _best_named_in(last: Path, folder: Path) -> str:
 
 def _checkpoint_folder(config) -> tuple[Path | None, str]:
     """The checkpoint folder of the run ``--ckpt_path last`` continues, and how to name where it was looked for."""
-    args = _tensorboard_args(config)
+    folders = _folder_args(config, first_only=True)
     logger = config.trainer.get("logger")
-    if args is None:
-        if logger is None or logger is False:  # Lightning's checkpoints then go to <default_root_dir>/checkpoints
+    if not folders:
+        if logger is None or logger is False or logger == []:  # checkpoints then go to <default_root_dir>/checkpoints
             folder = Path(config.trainer.get("default_root_dir") or ".") / "checkpoints"
             return folder, str(folder)
-        return None, "this logger's folders (cifarlit finds runs of a TensorBoardLogger)"
+        return None, "this logger's folders (cifarlit finds the runs of a TensorBoardLogger or CSVLogger)"
+    args = folders[0]
     run_root = _run_root(args)
     version = args.get("version")
     if version is not None:
@@ -102,27 +106,37 @@ def _newest_hpc(folder: Path) -> str | None:
 
 
 def resume_into_same_run(config, ckpt: str) -> None:
-    """Point the TensorBoard logger at the run being resumed, so curves and checkpoints continue in one folder:
-    a checkpoint inside ``<save_dir>/<name>/version_N/checkpoints/`` resumes that run (``--ckpt_path last`` is
-    that file by now, see :func:`checkpoint_file`)."""
-    args = _tensorboard_args(config)
-    if args is None or args.get("version") is not None:
-        return
-    run_root = _run_root(args)
+    """Point the TensorBoard and CSV loggers at the run being resumed, so curves and checkpoints continue in one
+    folder: a checkpoint inside ``<save_dir>/<name>/version_N/checkpoints/`` resumes that run (``--ckpt_path last``
+    is that file by now, see :func:`checkpoint_file`)."""
     path = Path(ckpt).resolve()
-    if path.parent.name == "checkpoints" and path.parent.parent.parent == run_root.resolve():
-        version = path.parent.parent.name
-        args.version = (
-            int(version.split("_")[1]) if version.startswith("version_") and version[8:].isdigit() else version
-        )
+    for args in _folder_args(config):
+        if args.get("version") is None and path.parent.name == "checkpoints":
+            if path.parent.parent.parent == _run_root(args).resolve():
+                version = path.parent.parent.name
+                args.version = (
+                    int(version.split("_")[1]) if version.startswith("version_") and version[8:].isdigit() else version
+                )
 
 
 def claim_run_dir(config) -> None:
-    """Create the run's ``version_N`` folder now and set the logger's version to it, unless one is set."""
-    args = _tensorboard_args(config)
-    if args is None:
-        return
-    root = _run_root(args)
+    """Create the run's ``version_N`` folder now and set each TensorBoard or CSV logger's version to it, unless set.
+    Loggers of one run under the same ``<save_dir>/<name>`` share one folder."""
+    claimed: dict[Path, int | str] = {}
+    for args in _folder_args(config):
+        root = _run_root(args)
+        _check_writable(root, args)
+        if args.get("version") is None and root.resolve() in claimed:
+            args.version = claimed[root.resolve()]
+        # Under DDP the first process claims the folder and Lightning hands its name to the others: the global
+        # rank of torchrun/SLURM, or a node rank other than 0 where processes are started by hand on each machine.
+        elif args.get("version") is None and _first_process():
+            args.version = _claim(root)
+        if args.get("version") is not None:
+            claimed.setdefault(root.resolve(), args.version)
+
+
+def _check_writable(root: Path, args) -> None:
     try:  # a save_dir that is a file, or a folder that cannot be written: one sentence, before anything runs
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=root):
@@ -132,12 +146,13 @@ def claim_run_dir(config) -> None:
             f"--trainer.logger.init_args.save_dir={args.get('save_dir')}: the run folder {root} cannot be written "
             f"({err.strerror or err.__class__.__name__}): pass a folder you can write to."
         ) from None
-    if args.get("version") is not None:
-        return
-    # Under DDP the first process claims the folder and Lightning hands its name to the others: the global rank
-    # of torchrun/SLURM, or a node rank other than 0 where processes are started by hand on each machine.
-    if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) != 0:
-        return
+
+
+def _first_process() -> bool:
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
+
+
+def _claim(root: Path) -> int:
     taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
     version = max(taken, default=-1) + 1
     while True:
@@ -146,17 +161,18 @@ def claim_run_dir(config) -> None:
         except FileExistsError:  # another run took it a moment ago
             version += 1
             continue
-        args.version = version
-        return
+        return version
 
 
-def _tensorboard_args(config):
-    """The TensorBoardLogger's ``init_args`` in the parsed config, or None for another or no logger."""
-    logger = config.trainer.get("logger")
-    args = getattr(logger, "init_args", None)
-    if args is None or not str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger"):
-        return None
-    return args
+def _folder_args(config, first_only: bool = False) -> list:
+    """The ``init_args`` of the TensorBoard and CSV loggers in the parsed config (with ``first_only``: of the first
+    logger, where Lightning puts the checkpoints, if it is one of them)."""
+    loggers = logger_configs(config)
+    if first_only:
+        logger = config.trainer.get("logger")
+        first = logger[0] if isinstance(logger, list) and logger else logger
+        loggers = [item for item in loggers[:1] if item is first]
+    return [item.init_args for item in loggers if any(is_kind(item, kind) for kind in FOLDER_LOGGERS)]
 
 
 def _run_root(args) -> Path:

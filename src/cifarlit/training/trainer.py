@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cifarlit.data.datamodule import CIFAR10DataModule
 from cifarlit.models.lit_mlp import LitMLP
+from cifarlit.training import trackers
 from cifarlit.utils.errors import CifarlitError
 from cifarlit.utils.files import check_output
 
@@ -155,7 +156,7 @@ class CifarTrainer(Trainer):
             samples_per_class: images per class in the sample grid; 0 for no grid.
             grid_path: where to save the PNG grid of samples; default ``explore.png`` in the run directory (the
                 logger's ``version_N`` folder), never the working directory.
-            log_grid: also log the grid to the run's TensorBoard logger.
+            log_grid: also log the grid to the run's loggers that show images (TensorBoard, MLflow, W&B).
         """
         from cifarlit.data import explore as report
 
@@ -165,7 +166,7 @@ class CifarTrainer(Trainer):
             )
         path = None
         if samples_per_class > 0 and (grid_path or log_grid or self.logger):  # checked before the data is read
-            path = Path(grid_path) if grid_path else Path(self.log_dir) / "explore.png"
+            path = Path(grid_path) if grid_path else Path(trackers.run_dir(self)) / "explore.png"
             check_output(path, "--grid_path", "explore.png")
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -184,9 +185,8 @@ class CifarTrainer(Trainer):
             fig = report.sample_grid(ds.x, ds.y, classes, samples_per_class, path)
             if format == "table":
                 print(f"\nsample grid: {path}")
-            if log_grid and self.logger is not None:
-                self.logger.experiment.add_figure("explore/samples", fig)
-                self.logger.experiment.flush()
+            if log_grid:
+                trackers.log_figure(self, fig, "explore/samples")
         return splits
 
 
