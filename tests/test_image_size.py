@@ -109,13 +109,14 @@ def test_cifar_batches_are_resized_to_the_asked_size(pickle_root):
 
 
 @pytest.mark.parametrize("command", ["fit", "prepare"])
-def test_an_image_size_too_small_for_the_networks_is_one_sentence(command, pickle_root, tmp_path, capsys):
+def test_an_image_size_too_small_for_the_networks_is_one_sentence(command, pickle_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     where = ["--output", str(tmp_path / "stream")] if command == "prepare" else ["-c", DEFAULT]
     with pytest.raises(SystemExit) as done:
         cli_main([command, *where, "--data.data_dir", str(pickle_root), "--data.image_size", "4"])
     assert done.value.code == 2
     assert f"data.image_size=4 is not valid: use {MIN_SIDE} or more pixels" in capsys.readouterr().err
-    assert not (tmp_path / "stream").exists()
+    assert list(tmp_path.iterdir()) == []  # no stream, no run folder
 
 
 @pytest.mark.parametrize("side", [MIN_SIDE - 1, MAX_SIDE + 1])

@@ -21,7 +21,7 @@ from jsonargparse import ArgumentError, ArgumentParser  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from cifarlit.data.datamodule import CIFAR10DataModule  # noqa: E402
-from cifarlit.data.shapes import check_image_shape  # noqa: E402
+from cifarlit.data.shapes import check_image_shape, check_image_size  # noqa: E402
 from cifarlit.models import factories, transfer  # noqa: E402
 from cifarlit.models.lit_mlp import LitMLP  # noqa: E402
 from cifarlit.training import finders, predict, runs, trackers  # noqa: E402
@@ -85,6 +85,8 @@ class CifarCLI(LightningCLI):
             return
         if config.get("trainer") is not None:
             check_numbers(config.trainer)
+        if isinstance((config.get("data") or {}).get("image_size"), int):  # before a run folder is claimed
+            check_image_size(config.data.image_size)
         if subcommand == "fit" and any(config.get(flag) for flag in finders.FLAGS):
             finders.check_options(config)
         ckpt = config.get("ckpt_path")
