@@ -176,3 +176,15 @@ def one_process_ddp(monkeypatch):
     torch.set_num_threads(threads)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def nothing_written_into_the_checkout():
+    """Every test works in folders of its own: a run folder (or a plot, a CSV) left at the top of the checkout is a
+    command writing where it was not pointed, or a test that forgot to change directory (a refused fit once left
+    an empty lightning_logs/default/version_N there)."""
+    checkout = Path(__file__).resolve().parents[1]
+    before = {p.name for p in checkout.iterdir()}
+    yield
+    left = sorted({p.name for p in checkout.iterdir()} - before - {".pytest_cache"})
+    assert not left, f"the test left {left} at the top of the checkout"
